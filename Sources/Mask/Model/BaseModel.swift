@@ -1,0 +1,34 @@
+import Foundation
+import ILADiff
+
+/// A base model ready to run: its checkpoint, config.json, weights, and (when present) tokenizer.
+public final class BaseModel: @unchecked Sendable {
+    public let checkpoint: ModelCheckpoint
+    public let config: LlamaConfig
+    public let weights: LlamaWeights
+
+    public init(path: String) throws {
+        checkpoint = try ModelCheckpoint(path: path)
+        guard let configPath = checkpoint.sidecar("config.json") else {
+            throw ILAError(file: path, "no config.json (the engine needs a model directory, not a bare .safetensors file)")
+        }
+        config = try LlamaConfig.load(path: configPath)
+        weights = try LlamaWeights.load(config: config, checkpoint: checkpoint)
+    }
+
+    /// tokenizer.json and the BOS/EOS ids of this model.
+    public func tokenizer() throws -> (Tokenizer, SpecialTokens) {
+        guard let dir = checkpoint.directory, let p = checkpoint.sidecar("tokenizer.json") else {
+            throw ILAError(file: checkpoint.path, "no tokenizer.json beside the model")
+        }
+        let tok = try Tokenizer(path: p)
+        return (tok, try SpecialTokens.resolve(directory: dir, tokenizer: tok))
+    }
+
+    /// Tokenized rows of a JSONL file for this model.
+    public func rows(path: String, template: PromptTemplate, seqLen: Int, limit: Int? = nil) throws -> [TokenizedRow] {
+        let (tok, special) = try tokenizer()
+        return try loadInstructionRows(path: path, template: template, tokenizer: tok, special: special,
+                                       seqLen: seqLen, limit: limit)
+    }
+}

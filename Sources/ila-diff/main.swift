@@ -1,0 +1,102 @@
+import ArgumentParser
+import Foundation
+import ILADiff
+
+@main
+struct ILADiffCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ila-diff",
+        abstract: "Measure and store every linear layer's update between a base and an aligned checkpoint.",
+        discussion: """
+        BASE is a Hugging Face model directory (config.json + model.safetensors or shards with \
+        model.safetensors.index.json) or a single .safetensors file. ALIGNED is a full model like \
+        BASE or a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors).
+
+        Examples:
+          ila-diff base/ lora-adapter/ -o deltas.h5
+          ila-diff base/ finetuned/ -o deltas.h5 --rank 16
+          ila-diff base/ finetuned/ -o deltas.h5 --dtype f16 --include 'layers\\.(0|1)\\.' --json
+        """)
+
+    @Argument(help: "The base checkpoint: model directory or .safetensors file.")
+    var base: String
+
+    @Argument(help: "The aligned checkpoint: model directory, .safetensors file, or LoRA adapter directory.")
+    var aligned: String
+
+    @Option(name: .shortAndLong, help: "Where to write the deltas (HDF5, DESIGN.md section 4).")
+    var output: String
+
+    @Option(help: "Compress full deltas to rank-R factors by truncated SVD.")
+    var rank: Int?
+
+    @Option(help: "Storage type of full deltas: f32 or f16.")
+    var dtype: StorageType = .f32
+
+    @Option(help: "Only layers whose name matches this regular expression (search semantics).")
+    var include: String?
+
+    @Flag(help: "Print the layer table as JSON.")
+    var json = false
+
+    enum StorageType: String, ExpressibleByArgument, CaseIterable { case f32, f16 }
+
+    /// Exit codes of DESIGN.md section 2: 0 success (and --help), 1 runtime/data error, 2 usage
+    /// error. ArgumentParser's own code for usage errors is EX_USAGE (64), so map it to 2.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            if exitCode(for: error) == .validationFailure {
+                FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+                Foundation.exit(2)
+            }
+            exit(withError: error)
+        }
+    }
+
+    func validate() throws {
+        if let rank, rank < 1 { throw ValidationError("--rank must be a positive integer") }
+        if output.isEmpty { throw ValidationError("--output must not be empty") }
+    }
+
+    func run() throws {
+        do {
+            try diff()
+        } catch {
+            reportError(error)
+            throw ExitCode.failure
+        }
+    }
+
+    func diff() throws {
+        let baseCkpt = try ModelCheckpoint(path: base)
+        let alignedCkpt = try AlignedCheckpoint.open(aligned)
+        let computer = try DeltaComputer(base: baseCkpt, aligned: alignedCkpt,
+                                         options: DiffOptions(rank: rank, include: include))
+        let info = DeltaFileInfo(kind: alignedCkpt.kind, base: base, aligned: aligned, tool: "ila-diff \(ilaVersion)")
+        let writer = try DeltaStoreWriter(path: output, info: info, storeF16: dtype == .f16)
+        var summaries: [LayerSummary] = []
+        let progress = ProgressBar(total: computer.layers.count, label: "diff")
+        do {
+            for (i, layer) in computer.layers.enumerated() {
+                let d = try computer.delta(for: layer)
+                try writer.append(d)
+                summaries.append(LayerSummary(d))
+                progress.update(i + 1, detail: layer.name)
+            }
+            progress.finish()
+            try writer.finish()
+        } catch {
+            progress.finish()
+            writer.abort()
+            throw error
+        }
+        if json {
+            printOut(try jsonText(DiffReport(kind: alignedCkpt.kind, layers: summaries).jsonObject))
+        } else {
+            printOut(DiffReport(kind: alignedCkpt.kind, layers: summaries).table + "\nwrote \(output)")
+        }
+    }
+}

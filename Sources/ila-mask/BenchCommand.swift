@@ -1,0 +1,70 @@
+import ArgumentParser
+import Foundation
+import ILADiff
+import ILAMask
+
+/// Times the engine for bench/engine and bench/learn (hidden from help).
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-engine", abstract: "Time forward and forward+gate-backward (for bench/).",
+        shouldDisplay: false)
+
+    @OptionGroup var model: ModelDataOptions
+
+    @Option(help: "Rows per batch.")
+    var rows: Int = 16
+
+    @Option(help: "Timed repetitions (best is reported).")
+    var repeats: Int = 5
+
+    func run() throws {
+        try runReportingErrors {
+            let (base, engine, _) = try model.loadEngine(requireDeltas: true)
+            let data = try base.rows(path: model.data, template: model.template, seqLen: model.seqLen, limit: rows)
+            let n = engine.maskedLayers.count
+            let gamma = [Float](repeating: Float(MaskObjective.sigmoid(3)), count: n)
+            func best(_ body: () throws -> Void) rethrows -> Double {
+                try body()  // warm-up
+                var b = Double.infinity
+                for _ in 0..<repeats {
+                    let t0 = DispatchTime.now().uptimeNanoseconds
+                    try body()
+                    b = min(b, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+                }
+                return b
+            }
+            let tokens = data.map(\.ids.count).reduce(0, +)
+            let fwd = try best { _ = try engine.evaluate(rows: data, gamma: gamma) }
+            let bwd = try best { _ = try engine.gradient(rows: data, gamma: gamma) }
+            let objective = MaskObjective(lambda: 1)
+            var adam = AdamOptimizer(count: n, lr: 0.05)
+            var s = [Double](repeating: 3, count: n)
+            let step = try best {
+                let v = try objective.evaluate(engine: engine, rows: data, scores: s)
+                adam.update(&s, grad: v.gradient)
+            }
+            // OpenBLAS sgemm at the model's largest linear shape with this batch's tokens.
+            let c = base.config
+            let (m, k, nn) = (tokens, c.hiddenSize, c.intermediateSize)
+            let a = FloatBuffer(m * k), b = FloatBuffer(nn * k), out = FloatBuffer(m * nn)
+            for i in 0..<a.count { a[i] = Float(i % 7) * 0.1 }
+            for i in 0..<b.count { b[i] = Float(i % 5) * 0.1 }
+            let g = best { BLAS.gemm(transB: true, m: m, n: nn, k: k, a.p, b.p, out.p) }
+            let gemmGflops = 2.0 * Double(m * k * nn) / g / 1e9
+            // Forward FLOPs: linear layers, attention (QKᵀ and PV, full square), lm_head on loss positions.
+            let linear = LayerKind.allCases.map { c.shape(of: $0) }.map { $0.out * $0.in }.reduce(0, +) * c.numHiddenLayers
+            var flops = 2.0 * Double(tokens) * Double(linear)
+            for r in data { flops += 4.0 * Double(r.ids.count * r.ids.count) * Double(c.qDim) * Double(c.numHiddenLayers) }
+            let lossTokens = data.map { r in r.labels.dropFirst().filter { $0 != -100 }.count }.reduce(0, +)
+            flops += 2.0 * Double(lossTokens) * Double(c.hiddenSize * c.vocabSize)
+            let o: [String: Any] = [
+                "rows": data.count, "tokens": tokens, "threads": BLAS.threads,
+                "forward_s": fwd, "forward_tok_s": Double(tokens) / fwd,
+                "backward_s": bwd, "backward_tok_s": Double(tokens) / bwd,
+                "step_s": step,
+                "forward_gflops": flops / fwd / 1e9, "sgemm_gflops": gemmGflops,
+            ]
+            printOut(try jsonText(o))
+        }
+    }
+}

@@ -1,0 +1,65 @@
+import ArgumentParser
+import Foundation
+import ILADiff
+import ILAMask
+
+extension PromptTemplate: ExpressibleByArgument {}
+
+/// Options every model-running subcommand shares.
+struct ModelDataOptions: ParsableArguments {
+    @Option(help: "The base model directory (config.json, safetensors, tokenizer.json).")
+    var base: String
+
+    @Option(help: "The deltas written by ila-diff (HDF5).")
+    var deltas: String?
+
+    @Option(help: "Instruction data, JSONL (alpaca, messages, prompt/response or input_ids/labels rows).")
+    var data: String
+
+    @Option(help: "Prompt template: \(PromptTemplate.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var template: PromptTemplate = .alpaca
+
+    @Option(name: .customLong("seq-len"), help: "Truncate each row to this many tokens.")
+    var seqLen: Int = 256
+
+    func validate() throws {
+        if seqLen < 2 { throw ValidationError("--seq-len must be at least 2") }
+    }
+
+    /// Loads the base model and the deltas (in the store's canonical order) into an engine.
+    func loadEngine(requireDeltas: Bool) throws -> (BaseModel, LlamaEngine, DeltaStore?) {
+        if requireDeltas && deltas == nil { throw ILAError("--deltas is required") }
+        let model = try BaseModel(path: base)
+        var loaded: [LayerDelta] = []
+        var store: DeltaStore?
+        if let deltas {
+            let s = try DeltaStore(path: deltas)
+            loaded = try s.layers.map { try s.delta($0) }
+            store = s
+        }
+        do {
+            let engine = try LlamaEngine(weights: model.weights, deltas: loaded, maxSequenceLength: max(seqLen, 1))
+            return (model, engine, store)
+        } catch let e as ILAError {
+            throw ILAError(file: deltas ?? base, "does not fit base \(base): \(e.message)")
+        }
+    }
+}
+
+/// Runs the engine over rows in chunks, with a progress bar on a terminal.
+func evaluateWithProgress(_ engine: LlamaEngine, rows: [TokenizedRow], gamma: [Float], label: String) throws -> EngineResult {
+    let chunk = 16
+    let progress = ProgressBar(total: rows.count, label: label)
+    var total = EngineResult(nllSum: 0, tokens: 0, rows: 0, dNllSumDGamma: [])
+    var i = 0
+    while i < rows.count {
+        let r = try engine.evaluate(rows: Array(rows[i..<min(i + chunk, rows.count)]), gamma: gamma)
+        total.nllSum += r.nllSum
+        total.tokens += r.tokens
+        total.rows += r.rows
+        i += chunk
+        progress.update(min(i, rows.count), detail: String(format: "nll %.4f", total.meanNLL))
+    }
+    progress.finish()
+    return total
+}

@@ -1,0 +1,127 @@
+import Foundation
+import ILADiff
+@testable import ILAMask
+import XCTest
+
+/// Paths of the bundled fixtures and of the optional shared test bed.
+enum Fixtures {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
+    static var tiny: String { root.appendingPathComponent("fixtures/tiny").path }
+    static var data: String { root.appendingPathComponent("fixtures/data").path }
+    /// ../shared/testbed/small beside the repository, or nil.
+    static var small: String? {
+        let p = root.deletingLastPathComponent().appendingPathComponent("shared/testbed/small").path
+        return FileManager.default.fileExists(atPath: p) ? p : nil
+    }
+    static var sharedData: String {
+        root.deletingLastPathComponent().appendingPathComponent("shared/testbed/data").path
+    }
+
+    static func reference(_ set: String) throws -> [String: Any] {
+        let obj = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: set + "/reference.json")))
+        return try XCTUnwrap(obj as? [String: Any])
+    }
+}
+
+/// Loads base + aligned into an engine, with deltas straight from the checkpoints.
+func makeEngine(set: String, aligned: String) throws -> (BaseModel, LlamaEngine, [LayerDelta]) {
+    let base = try BaseModel(path: set + "/base-A")
+    let computer = try DeltaComputer(base: base.checkpoint, aligned: try AlignedCheckpoint.open(set + "/" + aligned))
+    let deltas = try computer.layers.map { try computer.delta(for: $0) }
+    return (base, try LlamaEngine(weights: base.weights, deltas: deltas), deltas)
+}
+
+final class EngineTests: XCTestCase {
+    /// mean NLL at γ = 0, 0.5, 1, per-token NLL of row 0, and the gate gradient, against PyTorch.
+    func checkReference(set: String, dataDir: String, names: [String]? = nil) throws {
+        let ref = try Fixtures.reference(set)
+        let aligned = try XCTUnwrap(ref["aligned"] as? [String: [String: Any]])
+        for (name, entry) in aligned.sorted(by: { $0.key < $1.key }) where names == nil || names!.contains(name) {
+            let (base, engine, _) = try makeEngine(set: set, aligned: name)
+            let n = engine.maskedLayers.count
+            let ds = try XCTUnwrap(entry["dataset"] as? String)
+            let seqLen = try XCTUnwrap(ref["seq_len"] as? Int)
+
+            // Row 0 per-token NLL (ids from reference, independent of the tokenizer).
+            let first = try XCTUnwrap((entry["first_rows"] as? [[String: Any]])?.first)
+            let row0 = TokenizedRow(ids: try XCTUnwrap(first["ids"] as? [Int]), labels: try XCTUnwrap(first["labels"] as? [Int]))
+            for g in [0, 1] {
+                let tokenNLL = try XCTUnwrap(entry["token_nll_row0_gamma_\(g)"] as? [Double])
+                let r = try engine.evaluate(rows: [row0], gamma: [Float](repeating: Float(g), count: n))
+                XCTAssertEqual(r.tokens, tokenNLL.count, "\(name) row 0 token count")
+                let expected = tokenNLL.reduce(0, +) / Double(tokenNLL.count)
+                XCTAssertEqual(r.meanNLL, expected, accuracy: 1e-4 * expected, "\(name) row 0 γ=\(g)")
+            }
+
+            let evalRows = try base.rows(path: "\(dataDir)/\(ds).eval.jsonl", template: .alpaca, seqLen: seqLen, limit: 64)
+            for (g, key) in [(0.0, "mean_nll_gamma_0"), (0.5, "mean_nll_gamma_0.5"), (1.0, "mean_nll_gamma_1")] {
+                let expected = try XCTUnwrap(entry[key] as? Double)
+                let r = try engine.evaluate(rows: evalRows, gamma: [Float](repeating: Float(g), count: n))
+                XCTAssertEqual(r.meanNLL, expected, accuracy: 1e-4 * expected, "\(name) \(key)")
+            }
+
+            let gc = try XCTUnwrap(entry["grad_check"] as? [String: Any])
+            let trainRows = try base.rows(path: "\(dataDir)/\(ds).train.jsonl", template: .alpaca, seqLen: seqLen, limit: 8)
+            let s = [Double](repeating: try XCTUnwrap(gc["s"] as? Double), count: n)
+            let v = try MaskObjective(lambda: try XCTUnwrap(gc["lambda"] as? Double)).evaluate(engine: engine, rows: trainRows, scores: s)
+            let refJ = try XCTUnwrap(gc["J"] as? Double), refNLL = try XCTUnwrap(gc["nll"] as? Double)
+            XCTAssertEqual(v.j, refJ, accuracy: 1e-4 * refJ, "\(name) J")
+            XCTAssertEqual(v.nll, refNLL, accuracy: 1e-4 * refNLL, "\(name) NLL")
+            let dJ = try XCTUnwrap(gc["dJ_ds"] as? [String: Double])
+            XCTAssertEqual(dJ.count, n)
+            let scale = dJ.values.map(abs).max() ?? 1
+            for (i, layer) in engine.maskedLayers.enumerated() {
+                let want = try XCTUnwrap(dJ[layer.name], "reference has no gradient for \(layer.name)")
+                // 1e-3 relative, with a floor relative to the largest entry for entries near 0.
+                XCTAssertEqual(v.gradient[i], want, accuracy: max(1e-3 * abs(want), 1e-5 * scale), "\(name) dJ/ds \(layer.name)")
+            }
+        }
+    }
+
+    func testTinyReferenceParity() throws {
+        try checkReference(set: Fixtures.tiny, dataDir: Fixtures.data)
+    }
+
+    func testSmallReferenceParity() throws {
+        guard let small = Fixtures.small else { throw XCTSkip("../shared/testbed/small is absent; small-set parity not checked") }
+        try checkReference(set: small, dataDir: Fixtures.sharedData, names: ["lora-pyapi", "full-pyapi"])
+    }
+
+    /// dNLL/dγ against central finite differences of the NLL itself (Float64 accumulation).
+    func testGateGradientMatchesFiniteDifferences() throws {
+        for aligned in ["lora-whatis", "full-pyapi"] {
+            let (base, engine, _) = try makeEngine(set: Fixtures.tiny, aligned: aligned)
+            let rows = try base.rows(path: Fixtures.data + "/whatis.train.jsonl", template: .alpaca, seqLen: 64, limit: 4)
+            let n = engine.maskedLayers.count
+            var gamma = (0..<n).map { Float(0.3 + 0.5 * Double($0) / Double(n)) }
+            let g = try engine.gradient(rows: rows, gamma: gamma)
+            let h: Float = 0.05
+            for i in [0, 3, n / 2, n - 1] {
+                let g0 = gamma[i]
+                gamma[i] = g0 + h
+                let up = try engine.evaluate(rows: rows, gamma: gamma).nllSum
+                gamma[i] = g0 - h
+                let down = try engine.evaluate(rows: rows, gamma: gamma).nllSum
+                gamma[i] = g0
+                let fd = (up - down) / Double(2 * h)
+                XCTAssertEqual(g.dNllSumDGamma[i], fd, accuracy: 2e-2 * abs(fd) + 2e-3, "\(aligned) layer \(i)")
+            }
+        }
+    }
+
+    /// Splitting a batch into micro-batches changes nothing.
+    func testMicroBatchesGiveTheSameResult() throws {
+        let (base, engine, _) = try makeEngine(set: Fixtures.tiny, aligned: "lora-define-100")
+        let rows = try base.rows(path: Fixtures.data + "/define.train.jsonl", template: .alpaca, seqLen: 64, limit: 6)
+        let gamma = [Float](repeating: 0.7, count: engine.maskedLayers.count)
+        let whole = try engine.gradient(rows: rows, gamma: gamma)
+        engine.tokenBudget = 1
+        let split = try engine.gradient(rows: rows, gamma: gamma)
+        XCTAssertEqual(whole.tokens, split.tokens)
+        XCTAssertEqual(whole.nllSum, split.nllSum, accuracy: 1e-5 * whole.nllSum)
+        for i in 0..<gamma.count {
+            XCTAssertEqual(whole.dNllSumDGamma[i], split.dNllSumDGamma[i], accuracy: 1e-4 * abs(whole.dNllSumDGamma[i]) + 1e-6)
+        }
+    }
+}
