@@ -40,9 +40,11 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/ila-transfer"),
 
-        .testTarget(name: "DiffTests", dependencies: ["ILADiff"], path: "Tests/DiffTests"),
-        .testTarget(name: "MaskTests", dependencies: ["ILADiff", "ILAMask"], path: "Tests/MaskTests"),
-        .testTarget(name: "TransferTests", dependencies: ["ILADiff", "ILAMask", "ILATransfer"],
+        // Shared by the test targets: running the built commands, temporary folders, paths.
+        .target(name: "ILATestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "DiffTests", dependencies: ["ILADiff", "ILATestSupport"], path: "Tests/DiffTests"),
+        .testTarget(name: "MaskTests", dependencies: ["ILADiff", "ILAMask", "ILATestSupport"], path: "Tests/MaskTests"),
+        .testTarget(name: "TransferTests", dependencies: ["ILADiff", "ILAMask", "ILATransfer", "ILATestSupport"],
                     path: "Tests/TransferTests"),
     ]
 )

@@ -37,9 +37,11 @@ def ensure_packages():
 def find_ila_mask(explicit):
     if explicit:
         return explicit
-    for cand in (os.path.join(ROOT, ".build", "release", "ila-mask"), os.path.join(ROOT, ".build", "debug", "ila-mask")):
-        if os.access(cand, os.X_OK):
-            return cand
+    # the most recently built of release / debug
+    cands = [c for c in (os.path.join(ROOT, ".build", "release", "ila-mask"), os.path.join(ROOT, ".build", "debug", "ila-mask"))
+             if os.access(c, os.X_OK)]
+    if cands:
+        return max(cands, key=os.path.getmtime)
     sys.exit("peft_check: ila-mask not found; build it (swift build) or pass --ila-mask")
 
 
@@ -117,6 +119,7 @@ def main():
     n_params = sum(p.numel() for p in inner.parameters() if p.requires_grad)
     print(json.dumps({
         "ok": True,
+        "ila_mask": ila_mask,
         "ranking": args.ranking,
         "model": args.model,
         "top": args.top,

@@ -11,21 +11,22 @@ struct ExportCommand: ParsableCommand {
         abstract: "Turn a ranking's top layers into a fine-tuning plan or a figure.",
         discussion: """
         Formats:
-          json           {"format": "ila-selection", ...}: every layer with score, rank, selected
+          json           every layer: name, block, kind, score, gamma, rank, selected
           csv            the same columns as json
-          peft           adapter_config.json fragment; target_modules is one regex that fullmatches
-                         exactly the selected modules (LoraConfig(**cfg) + get_peft_model)
-          axolotl        YAML unfrozen_parameters: one ^<layer>\\.weight$ regex per selected layer
-          llama-factory  YAML: the closest freeze-mode setting plus the exact list (freeze mode
-                         cannot express arbitrary layer sets)
-          freeze         JSON list of parameter names to set requires_grad=False (unselected layers)
-          svg            figure: blocks × kinds coloured by score, selected layers outlined
+          peft           adapter_config.json fragment: target_modules is one regex
+                         that re.fullmatches exactly the selected modules
+          axolotl        YAML unfrozen_parameters, one ^<layer>\\.weight$ per layer
+          llama-factory  YAML: closest freeze-mode setting + the exact list (its
+                         freeze mode cannot express arbitrary layer sets)
+          freeze         JSON list of the parameters to set requires_grad=False
+          svg            figure: blocks x kinds coloured by score, selected outlined
 
-        The output file is written atomically: on any error no file is left behind.
+        The output is written atomically: after an error no file is left behind.
 
         Examples:
           ila-mask export ranking.json --top 0.3 --format peft -o adapter_config.json
-          ila-mask export ranking.json --top 0.3 --format peft --lora-r 8 --lora-alpha 16 -o lora.json
+          ila-mask export ranking.json --top 0.3 --format peft --lora-r 8 \\
+              --lora-alpha 16 -o adapter_config.json
           ila-mask export ranking.json --top 0.75 --format svg -o figure1.svg
           ila-mask export ranking.json --top 0.25 --format axolotl -o unfrozen.yaml
         """)
@@ -36,8 +37,7 @@ struct ExportCommand: ParsableCommand {
     @Option(help: "Fraction of layers to select (most important first), in (0, 1]. Example: --top 0.3")
     var top: Double
 
-    @Option(help: ArgumentHelp("Output format: \(ExportFormat.allCases.map(\.rawValue).joined(separator: ", ")). Example: --format peft",
-                               valueName: "format"))
+    @Option(help: ArgumentHelp("Output format. Example: --format peft", valueName: "format"))
     var format: ExportFormat
 
     @Option(name: .shortAndLong, help: ArgumentHelp("The file to write. Example: -o adapter_config.json", valueName: "file"))

@@ -88,6 +88,9 @@ struct LearnCommand: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
+            signal(SIGINT) { _ in stopSignal = SIGINT }
+            signal(SIGTERM) { _ in stopSignal = SIGTERM }
+            defer { signal(SIGINT, SIG_DFL); signal(SIGTERM, SIG_DFL) }
             // Fail on an unwritable output before minutes of work.
             _ = try AtomicOutput(path: output)
             _ = try AtomicOutput(path: trajectoryPath)
@@ -110,10 +113,6 @@ struct LearnCommand: ParsableCommand {
                 state = LearnState(options: options, fingerprint: fingerprint, layers: layerNames)
             }
             let learner = try MaskLearner(engine: engine, rows: rows, lambda: lambda)
-
-            signal(SIGINT) { _ in stopSignal = SIGINT }
-            signal(SIGTERM) { _ in stopSignal = SIGTERM }
-            defer { signal(SIGINT, SIG_DFL); signal(SIGTERM, SIG_DFL) }
 
             let progress = ProgressBar(total: steps, label: "learn")
             while state.step < steps {

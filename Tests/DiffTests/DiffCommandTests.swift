@@ -213,6 +213,22 @@ final class DiffCommandTests: XCTestCase {
         XCTAssert(t.stdout.contains("svd err"))
     }
 
+    /// A zero base weight with a nonzero update: rel change is infinite, JSON says null.
+    func testZeroBaseWeight() throws {
+        let zero = "model.layers.0.self_attn.q_proj.weight"
+        let base = try writeSafetensors(miniModelTensors(seed: 1, dtype: "F32") { name, v in
+            if name == zero { v = [Float](repeating: 0, count: v.count) }
+        }, to: tmp.path("base.safetensors"))
+        let aligned = try writeSafetensors(miniModelTensors(seed: 2, dtype: "F32"), to: tmp.path("aligned.safetensors"))
+        let r = try run([base, aligned, "-o", tmp.path("z.h5"), "--json"])
+        let layers = try XCTUnwrap(try jsonObject(r.stdout)["layers"] as? [[String: Any]])
+        let q = try XCTUnwrap(layers.first { $0["name"] as? String == "model.layers.0.self_attn.q_proj" })
+        XCTAssert(q["rel_change"] is NSNull, "\(q)")
+        XCTAssertEqual((q["norm_base"] as? NSNumber)?.doubleValue, 0)
+        let t = try run([base, aligned, "-o", tmp.path("z2.h5")])
+        XCTAssert(t.stdout.split(separator: "\n").contains { $0.hasPrefix("model.layers.0.self_attn.q_proj ") && $0.hasSuffix("inf") }, t.stdout)
+    }
+
     func testOverwritesExistingOutput() throws {
         let out = tmp.path("deltas.h5")
         try Data("old".utf8).write(to: URL(fileURLWithPath: out))
@@ -231,6 +247,33 @@ final class DiffCommandTests: XCTestCase {
         XCTAssertEqual(try runILADiff([base, base, "-o", tmp.path("x.h5"), "--dtype", "bf16"]).status, 2)
         XCTAssertEqual(try runILADiff([base, base, "-o", tmp.path("x.h5"), "--rank", "0"]).status, 2)
         XCTAssertEqual(tmp.contents(), [])
+    }
+
+    /// The progress bar is drawn on stderr only when it is a terminal (here a pty from `script`).
+    func testProgressBarOnlyOnTTY() throws {
+        let script = "/usr/bin/script"
+        guard FileManager.default.isExecutableFile(atPath: script) else { throw XCTSkip("util-linux script(1) not installed") }
+        let exe = try Paths.ilaDiff().path
+        let base = try Paths.tinyModel("base-A").path, adapter = try Paths.tinyModel("lora-pyapi").path
+        let out = tmp.path("tty.h5")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: script)
+        // Only stderr reaches the pty: stdout goes to /dev/null inside.
+        p.arguments = ["-qec", "'\(exe)' '\(base)' '\(adapter)' -o '\(out)' > /dev/null", "/dev/null"]
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = FileHandle.nullDevice
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+        let text = String(decoding: data, as: UTF8.self)
+        XCTAssert(text.contains("\rdiff ") && text.contains("14/14"), "no progress bar on a tty: \(text.debugDescription)")
+        XCTAssert(text.hasSuffix("\r\u{1B}[K"), "progress line not cleared at the end: \(text.suffix(40).debugDescription)")
+        XCTAssert(FileManager.default.fileExists(atPath: out))
+        // Without a tty (every other test here) stderr stays empty.
+        XCTAssertEqual(try runILADiff([base, adapter, "-o", out]).stderr, "")
     }
 
     // MARK: failures: exit 1, one line naming the file, no output

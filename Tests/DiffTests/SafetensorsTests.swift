@@ -169,6 +169,11 @@ final class SafetensorsTests: XCTestCase {
         try expectBroken(safetensorsBytes(header: h2, data: [UInt8](repeating: 0, count: 8)), ["tensor a", "shape"])
         let h3 = "{\"a\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,4]}}"
         try expectBroken(safetensorsBytes(header: h3, data: [0, 0, 0, 0]), ["tensor a", "shape"])
+        // Foundation bridges true and 1.0 to the integer 1; the reader must not.
+        let h4 = "{\"a\":{\"dtype\":\"F32\",\"shape\":[true],\"data_offsets\":[0,4]}}"
+        try expectBroken(safetensorsBytes(header: h4, data: [0, 0, 0, 0]), ["tensor a", "shape"])
+        let h5 = "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4.0]}}"
+        try expectBroken(safetensorsBytes(header: h5, data: [0, 0, 0, 0]), ["tensor a", "data_offsets"])
     }
 
     func testMissingFileAndDirectory() throws {

@@ -230,14 +230,19 @@ public final class SafetensorsFile: @unchecked Sendable {
     }
 }
 
-/// An integer from a JSONSerialization value: an integral NSNumber within Int range
-/// (booleans and fractions refused).
+/// An integer from a JSONSerialization value: a JSON integer within Int range. Booleans and
+/// numbers written with a fraction or exponent are refused (as the format's own parser does);
+/// Foundation bridges `true` and `1.0` to Int, so the stored C type decides.
 func jsonInt(_ v: Any) -> Int? {
-    if v is Bool, !(v is Int) { return nil }
     guard let n = v as? NSNumber else { return nil }
-    let d = n.doubleValue
-    guard d.isFinite, d == d.rounded(), abs(d) < 9.2e18 else { return nil }
-    return n.intValue
+    switch String(cString: n.objCType) {
+    case "q", "l", "i", "s":
+        return Int(exactly: n.int64Value)
+    case "Q", "L", "I", "S":
+        return n.uint64Value <= UInt64(Int.max) ? Int(n.uint64Value) : nil
+    default:  // "c" (bool), "d"/"f" (fractions, exponents, huge values)
+        return nil
+    }
 }
 
 extension Float {

@@ -37,7 +37,8 @@ public struct DiffReport: Sendable {
          "layers": layers.map { l -> [String: Any] in
              var o: [String: Any] = ["name": l.layer.name, "block": l.layer.block, "kind": l.layer.kind.rawValue,
                                      "shape": l.shape, "norm_delta": l.normDelta, "norm_base": l.normBase,
-                                     "rel_change": l.relChange]
+                                     // ‖W0‖ = 0 with Δ ≠ 0 gives an infinite ratio, which JSON cannot hold.
+                                     "rel_change": l.relChange.isFinite ? l.relChange as Any : NSNull()]
              if let r = l.rank { o["rank"] = r }
              if let e = l.reconstructionError { o["reconstruction_error"] = e }
              return o

@@ -74,7 +74,9 @@ enum SelectionFigure {
         let gridW = cw * Double(blocks), gridH = ch * Double(kinds.count)
         let barX = left + gridW + 28, barW = 14.0
         let barH = max(gridH, 120)
-        let width = max(barX + barW + 78, left + 400)
+        // Wide enough for the title (≈ 10.5 px per bold 17 px character) and the subtitle.
+        let width = max(barX + barW + 78, left + 400, left + 10.5 * Double(mainTitle.count) + 16,
+                        left + 7.5 * Double(subtitle.count) + 16)
         let height = top + max(gridH, barH) + (cw >= 28 ? 104 : 86)
         let font = "DejaVu Sans, Helvetica, Arial, sans-serif"
 
