@@ -9,6 +9,9 @@ let package = Package(
         .executable(name: "ila-diff", targets: ["ila-diff"]),
         .executable(name: "ila-mask", targets: ["ila-mask"]),
         .executable(name: "ila-transfer", targets: ["ila-transfer"]),
+        // For the fuzz harnesses (fuzz/Package.swift depends on this package by path).
+        .library(name: "ILADiff", targets: ["ILADiff"]),
+        .library(name: "ILAMask", targets: ["ILAMask"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

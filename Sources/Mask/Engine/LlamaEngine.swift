@@ -73,13 +73,23 @@ public final class LlamaEngine: @unchecked Sendable {
     private var updates: [MaskedUpdate]
     private var currentGamma: [Float]
     private let rope: RopeTables
-    /// Upper bound of tokens per micro-batch (memory bound of the activations).
+    /// Upper bound of tokens per micro-batch (a row longer than this still runs, alone).
     public var tokenBudget: Int
 
-    public init(weights: LlamaWeights, deltas: [LayerDelta], maxSequenceLength: Int = 4096, tokenBudget: Int = 4096) throws {
+    /// Bytes of activations kept per token for the backward pass, over all blocks.
+    public static func activationBytesPerToken(_ c: LlamaConfig) -> Int {
+        let perBlock = 5 * c.hiddenSize + 2 * c.qDim + 2 * c.kvDim + 3 * c.intermediateSize + 2
+        return 4 * (perBlock * c.numHiddenLayers + 3 * c.hiddenSize)
+    }
+
+    /// - Parameters:
+    ///   - tokenBudget: tokens per micro-batch; by default as many as fit in `activationMemory`
+    ///     bytes (at most 4096), so a large model runs a row at a time.
+    public init(weights: LlamaWeights, deltas: [LayerDelta], maxSequenceLength: Int = 4096, tokenBudget: Int? = nil,
+                activationMemory: Int = 2 << 30) throws {
         config = weights.config
         self.weights = weights
-        self.tokenBudget = tokenBudget
+        self.tokenBudget = tokenBudget ?? max(1, min(4096, activationMemory / Self.activationBytesPerToken(weights.config)))
         var slot = [[LayerKind: Int]](repeating: [:], count: config.numHiddenLayers)
         var updates: [MaskedUpdate] = []
         for (i, d) in deltas.enumerated() {
