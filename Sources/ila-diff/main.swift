@@ -44,6 +44,7 @@ struct ILADiffCommand: ParsableCommand {
     /// Exit codes of DESIGN.md section 2: 0 success (and --help), 1 runtime/data error, 2 usage
     /// error. ArgumentParser's own code for usage errors is EX_USAGE (64), so map it to 2.
     static func main() {
+        AtomicOutput.installInterruptCleanup()
         do {
             var command = try parseAsRoot()
             try command.run()

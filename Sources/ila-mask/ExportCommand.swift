@@ -60,6 +60,7 @@ struct ExportCommand: ParsableCommand {
     }
 
     func run() throws {
+        AtomicOutput.installInterruptCleanup()
         try runReportingErrors {
             let r = try Ranking.load(path: ranking)
             let selection = Selection(ranking: r, top: top, source: ranking)

@@ -91,9 +91,11 @@ struct LearnCommand: ParsableCommand {
             signal(SIGINT) { _ in stopSignal = SIGINT }
             signal(SIGTERM) { _ in stopSignal = SIGTERM }
             defer { signal(SIGINT, SIG_DFL); signal(SIGTERM, SIG_DFL) }
-            // Fail on an unwritable output before minutes of work.
-            _ = try AtomicOutput(path: output)
-            _ = try AtomicOutput(path: trajectoryPath)
+            // Fail on an unwritable output before minutes of work (this also removes temporaries
+            // a killed earlier run left beside each output).
+            try AtomicOutput(path: output).discard()
+            try AtomicOutput(path: trajectoryPath).discard()
+            try AtomicOutput(path: statePath).discard()
             let (base, engine, store) = try model.loadEngine(requireDeltas: true)
             guard !engine.maskedLayers.isEmpty else { throw ILAError(file: model.deltas ?? "", "holds no layers") }
             let rows = try base.rows(path: model.data, template: model.template, seqLen: model.seqLen, limit: limit)

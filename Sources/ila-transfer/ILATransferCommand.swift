@@ -86,6 +86,7 @@ struct ILATransferCommand: ParsableCommand {
     /// Exit codes of DESIGN.md section 2: 0 success (and --help), 1 runtime/data error, 2 usage
     /// error. ArgumentParser's own code for usage errors is EX_USAGE (64), so map it to 2.
     static func main() {
+        AtomicOutput.installInterruptCleanup()
         do {
             var command = try parseAsRoot()
             try command.run()
@@ -122,7 +123,7 @@ struct ILATransferCommand: ParsableCommand {
     var exportOptions: ExportOptions { ExportOptions(loraR: loraR, loraAlpha: loraAlpha, title: title) }
 
     func transfer() throws {
-        if let output { _ = try AtomicOutput(path: output) }   // fail early on an unwritable destination
+        if let output { try AtomicOutput(path: output).discard() }   // fail early on an unwritable destination
         let t = try RankingTransfer.load(rankingPath: ranking, targetPath: target)
         let selection = t.selection(top: top)
 

@@ -349,8 +349,8 @@ func runILADiff(_ arguments: [String]) throws -> RunResult {
     let tmp = TempDir("ila-diff-run")
     defer { tmp.remove() }
     let outPath = tmp.path("stdout"), errPath = tmp.path("stderr")
-    FileManager.default.createFile(atPath: outPath, contents: nil)
-    FileManager.default.createFile(atPath: errPath, contents: nil)
+    _ = FileManager.default.createFile(atPath: outPath, contents: nil)
+    _ = FileManager.default.createFile(atPath: errPath, contents: nil)
     let out = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
     let err = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
     let p = Process()

@@ -127,7 +127,10 @@ public final class LoRAAdapter: @unchecked Sendable {
         let wp = weights.path
         let aName = weights.contains(prefix + ".lora_A.weight") ? prefix + ".lora_A.weight" : prefix + ".lora_A.default.weight"
         let bName = weights.contains(prefix + ".lora_B.weight") ? prefix + ".lora_B.weight" : prefix + ".lora_B.default.weight"
-        let ai = weights.info(aName)!, bi = weights.info(bName)!
+        // Two spellings of one layer (with and without `base_model.model.`) may each hold one factor.
+        guard let ai = weights.info(aName), let bi = weights.info(bName) else {
+            throw ILAError(file: wp, "\(layer.name): lora_A and lora_B are not stored under the same module name")
+        }
         guard ai.shape.count == 2, bi.shape.count == 2 else {
             throw ILAError(file: wp, "\(layer.name): LoRA factors must be 2-D, got \(ai.shape) and \(bi.shape)")
         }
@@ -183,8 +186,13 @@ public final class LoRAAdapter: @unchecked Sendable {
             }
             alphaOrder = try orderedKeys(of: "alpha_pattern", in: path, fallback: Array(d.keys))
         }
-        for key in rankOrder + alphaOrder where (try? NSRegularExpression(pattern: key)) == nil {
-            throw ILAError(file: path, "pattern key \(key) is not a valid regular expression")
+        for key in rankOrder + alphaOrder {
+            guard (try? NSRegularExpression(pattern: key)) != nil else {
+                throw ILAError(file: path, "pattern key \(key) is not a valid regular expression")
+            }
+            if let why = Self.backtrackingRisk(key) {
+                throw ILAError(file: path, "pattern key \(key) is too costly to match (\(why)); use a plain module name or a simpler pattern")
+            }
         }
         var targets: [String] = []
         if let t = obj["target_modules"] as? [String] { targets = t } else if let t = obj["target_modules"] as? String { targets = [t] }
@@ -195,6 +203,53 @@ public final class LoRAAdapter: @unchecked Sendable {
         c.rankPatternOrder = rankOrder
         c.alphaPatternOrder = alphaOrder
         return c
+    }
+
+    /// Why matching `key` could backtrack exponentially (or with a high polynomial) on a module
+    /// name, or nil. The matcher has no time limit, so keys with a repeated group that itself
+    /// repeats or alternates (`(a+)+`, `(a|ab)*`) or with more than four unbounded repetitions
+    /// (`.*.*.*.*.*x`) are refused; PEFT's keys are module names or simple suffixes.
+    static func backtrackingRisk(_ key: String) -> String? {
+        let c = Array(key.unicodeScalars)
+        var unbounded = 0
+        // For each open group: whether its content so far repeats or alternates.
+        var groups: [Bool] = []
+        var i = 0
+        func isRepeat(_ j: Int) -> Bool {
+            guard j < c.count else { return false }
+            return c[j] == "*" || c[j] == "+" || c[j] == "{"
+        }
+        while i < c.count {
+            let x = c[i]
+            switch x {
+            case "\\":
+                i += 1  // the escaped character is a literal
+            case "[":
+                // Skip a character class (its contents are literals for this purpose).
+                var j = i + 1
+                if j < c.count && c[j] == "^" { j += 1 }
+                if j < c.count && c[j] == "]" { j += 1 }
+                while j < c.count && c[j] != "]" { if c[j] == "\\" { j += 1 }; j += 1 }
+                i = j
+            case "(":
+                groups.append(false)
+            case ")":
+                let inner = groups.popLast() ?? false
+                if isRepeat(i + 1) && inner { return "a repeated group that itself repeats or alternates" }
+                if inner, !groups.isEmpty { groups[groups.count - 1] = true }
+            case "|":
+                if !groups.isEmpty { groups[groups.count - 1] = true }
+            case "*", "+", "{":
+                if x != "{" || key.unicodeScalars.dropFirst(i).prefix(while: { $0 != "}" }).contains(",") { unbounded += 1 }
+                if !groups.isEmpty { groups[groups.count - 1] = true }
+            case "?":
+                if !groups.isEmpty && i > 0 && c[i - 1] != "(" { groups[groups.count - 1] = true }
+            default:
+                break
+            }
+            i += 1
+        }
+        return unbounded > 4 ? "more than four unbounded repetitions" : nil
     }
 
     /// Pattern keys in the order they appear in the file (PEFT takes the first match in dict

@@ -55,6 +55,17 @@ final class MappedFile: @unchecked Sendable {
     deinit {
         if let base { munmap(UnsafeMutableRawPointer(mutating: base), size) }
     }
+
+    /// Drops the mapped pages of `[offset, offset + count)` from this process's resident set
+    /// (read-only private mapping: later reads fault them in again from the file).
+    func release(offset: Int, count: Int) {
+        guard let base, count > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = offset / page * page
+        let end = min(size, (offset + count + page - 1) / page * page)
+        guard end > start else { return }
+        _ = madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, MADV_DONTNEED)
+    }
 }
 
 /// A safetensors file, memory-mapped; tensors are decoded lazily one at a time.
@@ -101,6 +112,9 @@ public final class SafetensorsFile: @unchecked Sendable {
         let n = t.count
         guard n > 0, let base = file.base else { return [] }
         let src = base + t.offset
+        // The decoded copy is all that is kept: the mapped pages go back to the page cache, so
+        // resident memory does not grow with the checkpoint (README "Resource bounds").
+        defer { file.release(offset: t.offset, count: t.byteCount) }
         return [Float](unsafeUninitializedCapacity: n) { buf, initialized in
             let dst = buf.baseAddress!
             switch t.dtype {

@@ -127,6 +127,10 @@ enum HDF5Library {
     /// Element counts above this are refused on read: a corrupt or hostile header must not make us
     /// try to allocate absurd buffers (2³² floats = 16 GiB, far above any single linear layer).
     static let maxElements = 1 << 32
+
+    /// The largest expansion a compressed dataset may claim: deflate cannot exceed about 1032:1,
+    /// so a dataset declaring more is corrupt (and must not make us allocate its declared size).
+    static let maxCompressionRatio = 1100
 }
 
 /// Element storage for float datasets.
@@ -188,6 +192,9 @@ public final class HDF5File {
             if isHDF5 == 0 { throw HDF5Error(file: path, object: "", problem: "not an HDF5 file") }
             if isHDF5 < 0 {
                 throw HDF5Error(file: path, object: "", problem: "cannot read file", library: HDF5Library.stackText())
+            }
+            if let problem = HDF5Probe.failure(path: path) {
+                throw HDF5Error(file: path, object: "", problem: "not a readable HDF5 file: \(problem)")
             }
             let fapl = H5Pcreate(ila_H5P_FILE_ACCESS())
             defer { _ = H5Pclose(fapl) }
@@ -710,6 +717,23 @@ public final class HDF5Dataset: HDF5Object {
         }
     }
 
+    /// Refuses a dataset whose declared size is not backed by data in the file, before a buffer of
+    /// that size is allocated: a tiny hostile file may declare [1e5, 1e5] and store nothing (HDF5
+    /// would return fill values). Unfiltered storage must hold every byte; compressed storage
+    /// cannot expand more than deflate's limit (~1032:1), rounded up to 1100.
+    private func checkStored(bytes: Int, shape: [Int]) throws {
+        let stored = Int(clamping: H5Dget_storage_size(id))
+        let dcpl = H5Dget_create_plist(id)
+        guard dcpl >= 0 else { throw error("cannot read the dataset's storage properties") }
+        defer { _ = H5Pclose(dcpl) }
+        let filters = H5Pget_layout(dcpl) == H5D_CHUNKED ? H5Pget_nfilters(dcpl) : 0
+        let ok = filters > 0 ? stored > 0 && bytes / stored <= HDF5Library.maxCompressionRatio : stored >= bytes
+        guard ok else {
+            throw error("shape \(shape) needs \(bytes) bytes but the file stores only \(stored) for it "
+                        + "(truncated or corrupt)", library: false)
+        }
+    }
+
     /// All values, row-major, as Float: any floating-point storage is converted (float16 widened
     /// exactly, float64 rounded); non-float element types are an error.
     public func readFloats() throws -> [Float] {
@@ -730,6 +754,7 @@ public final class HDF5Dataset: HDF5Object {
                 count = p
             }
             if count == 0 { return [] }
+            try checkStored(bytes: count * H5Tget_size(type), shape: dims)
             if HDF5Library.isHalf(type) {
                 var bits = [UInt16](repeating: 0, count: count)
                 let status = bits.withUnsafeMutableBytes { H5Dread(id, type, ila_H5S_ALL(), ila_H5S_ALL(), ila_H5P_DEFAULT(), $0.baseAddress) }

@@ -89,6 +89,8 @@ public final class LlamaEngine: @unchecked Sendable {
                 activationMemory: Int = 2 << 30) throws {
         config = weights.config
         self.weights = weights
+        // The engine splits work across cores itself; OpenBLAS threads would spin against it.
+        BLAS.threads = 1
         self.tokenBudget = tokenBudget ?? max(1, min(4096, activationMemory / Self.activationBytesPerToken(weights.config)))
         var slot = [[LayerKind: Int]](repeating: [:], count: config.numHiddenLayers)
         var updates: [MaskedUpdate] = []
@@ -210,8 +212,8 @@ public final class LlamaEngine: @unchecked Sendable {
         let g = currentGamma[i]
         if g == 0 && !gradient { return }
         let u = acts.loraU[i]!
-        BLAS.gemm(transB: true, m: T, n: r, k: s.in, x, a.p, u.p)
-        if g != 0 { BLAS.gemm(transB: true, m: T, n: s.out, k: r, alpha: g * scale, u.p, b.p, beta: 1, out) }
+        pgemm(transB: true, m: T, n: r, k: s.in, x, a.p, u.p)
+        if g != 0 { pgemm(transB: true, m: T, n: s.out, k: r, alpha: g * scale, u.p, b.p, beta: 1, out) }
     }
 
     /// Given dY [T, O] and the layer input x [T, I]: dx [T, I] += dY·W_eff, dγ += ⟨dY, x·Δᵀ⟩.
@@ -224,16 +226,16 @@ public final class LlamaEngine: @unchecked Sendable {
         case .full(let delta, _):
             // dW = dYᵀ·x [O, I]; dγ = ⟨Δ, dW⟩
             let dW = scratch.weightGrad
-            BLAS.gemm(transA: true, m: s.out, n: s.in, k: T, dy, x, dW.p)
+            pgemm(transA: true, m: s.out, n: s.in, k: T, dy, x, dW.p)
             dGamma[i] += Double(BLAS.dot(s.out * s.in, delta.p, dW.p))
         case .lora(let a, let b, let r, let scale):
             // v = dY·B [T, r]; dγ = scale·Σ v∘u; dx += γ·scale·v·A
             let v = scratch.loraV
-            BLAS.gemm(m: T, n: r, k: s.out, dy, b.p, v.p)
+            pgemm(m: T, n: r, k: s.out, dy, b.p, v.p)
             let u = acts.loraU[i]!
             dGamma[i] += Double(scale) * Double(BLAS.dot(T * r, v.p, u.p))
             let g = currentGamma[i]
-            if g != 0 { BLAS.gemm(m: T, n: s.in, k: r, alpha: g * scale, v.p, a.p, beta: 1, dx) }
+            if g != 0 { pgemm(m: T, n: s.in, k: r, alpha: g * scale, v.p, a.p, beta: 1, dx) }
         }
     }
 

@@ -35,11 +35,28 @@ func rmsnormBackward(_ dx: FPtr, _ dout: CPtr, _ x: CPtr, _ rstd: CPtr, _ w: CPt
     } }
 }
 
+// MARK: Parallel GEMM
+
+/// C = alpha·op(A)·op(B) + beta·C with the rows of C split across the engine's threads, each
+/// chunk one single-threaded OpenBLAS call (the engine runs OpenBLAS with one thread, so BLAS
+/// threads never spin against the engine's own).
+func pgemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1,
+           _ a: CPtr, lda: Int? = nil, _ b: CPtr, ldb: Int? = nil, beta: Float = 0, _ c: FPtr, ldc: Int? = nil) {
+    let lda = lda ?? (transA ? m : k), ldc = ldc ?? n
+    // Below ~1 MFLOP per chunk the split costs more than it saves.
+    let minRows = max(1, 1_000_000 / max(1, 2 * n * k))
+    parallelFor(m, minChunk: minRows) { rows in
+        let aOff = transA ? rows.lowerBound : rows.lowerBound * lda
+        BLAS.gemm(transA: transA, transB: transB, m: rows.count, n: n, k: k, alpha: alpha, a + aOff, lda: lda,
+                  b, ldb: ldb, beta: beta, c + rows.lowerBound * ldc, ldc: ldc)
+    }
+}
+
 // MARK: Linear  y = x · Wᵀ (+ b)
 
 /// out [T, O] = x [T, I] · w[O, I]ᵀ (+ bias [O]).
 func linearForward(_ out: FPtr, _ x: CPtr, _ w: CPtr, _ bias: CPtr?, T: Int, I: Int, O: Int) {
-    BLAS.gemm(transB: true, m: T, n: O, k: I, x, w, out)
+    pgemm(transB: true, m: T, n: O, k: I, x, w, out)
     if let bias {
         for t in 0..<T { let o = out + t * O; for j in 0..<O { o[j] += bias[j] } }
     }
@@ -47,7 +64,7 @@ func linearForward(_ out: FPtr, _ x: CPtr, _ w: CPtr, _ bias: CPtr?, T: Int, I: 
 
 /// dx [T, I] += dout [T, O] · w [O, I].
 func linearBackwardInput(_ dx: FPtr, _ dout: CPtr, _ w: CPtr, T: Int, I: Int, O: Int) {
-    BLAS.gemm(m: T, n: I, k: O, dout, w, beta: 1, dx)
+    pgemm(m: T, n: I, k: O, dout, w, beta: 1, dx)
 }
 
 // MARK: Rotary embedding (rotate-half: pairs i and i + d/2)
@@ -196,7 +213,7 @@ func swigluBackward(_ dgate: FPtr, _ dup: FPtr, _ dh: CPtr, _ gate: CPtr, _ up: 
 func crossEntropyForwardBackward(_ x: CPtr, targets: [Int32], lmHead: CPtr, V: Int, H: Int,
                                  logits: FPtr, nll: FPtr?, dx: FPtr?, scale: Float) -> Double {
     let n = targets.count
-    BLAS.gemm(transB: true, m: n, n: V, k: H, x, lmHead, logits)
+    pgemm(transB: true, m: n, n: V, k: H, x, lmHead, logits)
     // Per-position losses land in `losses` and are summed in order, so the total does not
     // depend on how positions were split across threads.
     var losses = [Double](repeating: 0, count: n)
@@ -223,6 +240,6 @@ func crossEntropyForwardBackward(_ x: CPtr, targets: [Int32], lmHead: CPtr, V: I
         }
     }
     let total = losses.reduce(0, +)
-    if let dx { BLAS.gemm(m: n, n: H, k: V, logits, lmHead, dx) }
+    if let dx { pgemm(m: n, n: H, k: V, logits, lmHead, dx) }
     return total
 }

@@ -127,7 +127,19 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
             throw ILAError(file: path, "missing key \(key.stringValue)")
         } catch DecodingError.typeMismatch(_, let ctx), DecodingError.valueNotFound(_, let ctx) {
             throw ILAError(file: path, "key \(ctx.codingPath.map(\.stringValue).joined(separator: ".")) has the wrong type")
+        } catch DecodingError.dataCorrupted(let ctx) where !ctx.codingPath.isEmpty {
+            // e.g. 1e300 or 2^70 where an integer is expected
+            throw ILAError(file: path, "key \(ctx.codingPath.map(\.stringValue).joined(separator: ".")) has an invalid or out-of-range value")
         } catch {
+            // Foundation's decoder reports an integer key holding 1e300 or 2^70 as invalid JSON.
+            if let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
+                let intKeys: [CodingKeys] = [.hiddenSize, .numHiddenLayers, .numAttentionHeads, .numKeyValueHeads,
+                                             .headDim, .intermediateSize, .vocabSize]
+                if let k = intKeys.first(where: { object[$0.rawValue].map { $0 is NSNumber && jsonInt($0) == nil } ?? false }) {
+                    throw ILAError(file: path, "\(k.rawValue) \(object[k.rawValue]!) is not an integer in range")
+                }
+                throw ILAError(file: path, "a value is out of range or of the wrong kind")
+            }
             throw ILAError(file: path, "not valid JSON")
         }
         try cfg.validate(path: path)

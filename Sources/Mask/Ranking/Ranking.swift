@@ -160,7 +160,14 @@ public struct Ranking: Codable, Sendable, Equatable {
             throw ILAError(file: path, "missing key \((ctx.codingPath.map(\.stringValue) + [key.stringValue]).joined(separator: "."))")
         } catch DecodingError.typeMismatch(_, let ctx), DecodingError.valueNotFound(_, let ctx) {
             throw ILAError(file: path, "key \(ctx.codingPath.map(\.stringValue).joined(separator: ".")) has the wrong type")
+        } catch DecodingError.dataCorrupted(let ctx) where !ctx.codingPath.isEmpty {
+            // e.g. 1e300 or 2^70 where an integer is expected
+            throw ILAError(file: path, "key \(ctx.codingPath.map(\.stringValue).joined(separator: ".")) has an invalid or out-of-range value")
         } catch {
+            // Foundation's decoder reports an integer beyond 64 bits (or 1e300 for an int) as invalid JSON.
+            if (try? JSONSerialization.jsonObject(with: data)) != nil {
+                throw ILAError(file: path, "a number is out of range or not an integer where one is expected")
+            }
             throw ILAError(file: path, "not valid JSON")
         }
         try r.validate(path: path)
