@@ -160,6 +160,9 @@ final class HostileInputTests: XCTestCase {
     /// structure probe refuses them.
     func testCorruptContainersAreRefused() {
         assertDeltasRefused("corrupt-global-heap-segv.h5", mentions: ["internal structure is corrupt"])
+        // Passed the generic structure walk but crashed DeltaStore's own attribute reads: the
+        // probe now repeats those reads in the child too.
+        assertDeltasRefused("corrupt-vlen-attribute-segv.h5", mentions: ["internal structure is corrupt"])
         setenv("ILA_HDF5_PROBE_MS", "1500", 1)
         defer { unsetenv("ILA_HDF5_PROBE_MS") }
         assertDeltasRefused("corrupt-hang.h5", mentions: ["hang"])

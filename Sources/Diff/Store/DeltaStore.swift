@@ -217,11 +217,23 @@ public final class DeltaStore: @unchecked Sendable {
 
     public var kind: String { info.kind }
 
-    public init(path: String) throws {
+    /// Opens and validates `path`. The same validation first runs in a forked child (after a walk
+    /// of the whole HDF5 structure), so a corrupt container that crashes or hangs libhdf5 is
+    /// refused with an error (HDF5Probe.swift).
+    public convenience init(path: String) throws {
+        do {
+            try HDF5Probe.check(path: path) { _ = try DeltaStore(path: path, probed: true) }
+        } catch {
+            throw userError(error, file: path, prefix: "")
+        }
+        try self.init(path: path, probed: true)
+    }
+
+    init(path: String, probed: Bool) throws {
         self.path = path
         let name = displayName(path)
         do {
-            file = try HDF5File.openReadOnly(path: path)
+            file = try HDF5File.openReadOnly(path: path, probed: probed)
             let root = try file.root()
             guard try root.hasAttribute("format") else {
                 throw ILAError(file: name, "not an ila deltas file (attribute format is missing)")

@@ -181,7 +181,11 @@ public final class HDF5File {
     }
 
     /// Opens an existing file read-only; a missing file or a file that is not HDF5 gets its own message.
-    public static func openReadOnly(path: String) throws -> HDF5File {
+    ///
+    /// Unless `probed` (the caller ran `HDF5Probe.check` itself), the file's structure is first
+    /// walked in a forked child (HDF5Probe.swift), so that a corrupt container libhdf5 would crash
+    /// or hang on is refused with an error instead.
+    public static func openReadOnly(path: String, probed: Bool = false) throws -> HDF5File {
         try HDF5Library.locked {
             var isDir: ObjCBool = false
             guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
@@ -193,9 +197,9 @@ public final class HDF5File {
             if isHDF5 < 0 {
                 throw HDF5Error(file: path, object: "", problem: "cannot read file", library: HDF5Library.stackText())
             }
-            if let problem = HDF5Probe.failure(path: path) {
-                throw HDF5Error(file: path, object: "", problem: "not a readable HDF5 file: \(problem)")
-            }
+        }
+        if !probed { try HDF5Probe.check(path: path) }
+        return try HDF5Library.locked {
             let fapl = H5Pcreate(ila_H5P_FILE_ACCESS())
             defer { _ = H5Pclose(fapl) }
             _ = H5Pset_file_locking(fapl, true, true)

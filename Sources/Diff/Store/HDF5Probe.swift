@@ -16,15 +16,29 @@ enum HDF5Probe {
     /// Address-space cap of the child beyond the parent's current use.
     static let memoryLimit = 2 << 30
 
+    /// Throws when the forked walk of `path` (then `alsoInChild`, e.g. the caller's own reads in
+    /// the order it will do them) crashes, hangs or runs out of memory. Call it without holding
+    /// `HDF5Library.lock`: the child takes it again.
+    static func check(path: String, alsoInChild: (() throws -> Void)? = nil) throws {
+        if let problem = failure(path: path, alsoInChild: alsoInChild) {
+            throw HDF5Error(file: path, object: "", problem: "not a readable HDF5 file: \(problem)")
+        }
+    }
+
     /// nil when the walk finished or libhdf5 reported an ordinary error (the normal open then
     /// reports it), else what happened to the child.
-    static func failure(path: String) -> String? {
+    static func failure(path: String, alsoInChild: (() throws -> Void)? = nil) -> String? {
         let limitMS = timeLimitMS
         fflush(nil)
         let pid = fork()
         if pid < 0 { return nil }  // cannot fork: open without the probe
         if pid == 0 {
             // Child: no Foundation, no exit handlers (libhdf5's would flush the parent's files).
+            // Under a sanitizer + libFuzzer (fuzz/), a crash here must not be reported as the
+            // harness's own: drop the death callback libFuzzer registered.
+            if sanitized, let f = dlsym(nil, "__sanitizer_set_death_callback") {
+                unsafeBitCast(f, to: (@convention(c) (UnsafeRawPointer?) -> Void).self)(nil)
+            }
             let devnull = open("/dev/null", O_WRONLY)
             if devnull >= 0 { dup2(devnull, 2); dup2(devnull, 1) }
             var timer = itimerval(it_interval: timeval(tv_sec: 0, tv_usec: 0),
@@ -38,7 +52,12 @@ enum HDF5Probe {
                     setrlimit(Int32(RLIMIT_AS.rawValue), &lim)
                 }
             }
-            _exit(walk(path) ? (corruptDataset ? 4 : 0) : 3)
+            // The walk may stop at an error libhdf5 reports cleanly; the caller's own reads run
+            // regardless (the parent will do them).
+            let walked = walk(path)
+            if corruptDataset { _exit(4) }
+            do { try alsoInChild?() } catch { _exit(3) }
+            _exit(walked ? 0 : 3)
         }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
@@ -59,7 +78,7 @@ enum HDF5Probe {
     nonisolated(unsafe) static var corruptDataset = false
 
     /// Built with a sanitizer (the fuzz harnesses): its shadow memory defeats RLIMIT_AS.
-    static let sanitized: Bool = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__asan_init") != nil
+    static let sanitized: Bool = dlsym(nil, "__asan_init") != nil
 
     private static func currentAddressSpace() -> Int {
         // /proc/self/statm: the first field is the address-space size in pages.
