@@ -79,7 +79,7 @@ private func userError(_ error: Error, file: String, prefix: String, base: Strin
 
 /// Writes deltas.h5 layer by layer to a temporary sibling; `finish()` renames it into place.
 /// Anything else — `abort()`, an error, or dropping the writer — leaves no file behind.
-public final class DeltaStoreWriter {
+public final class DeltaStoreWriter: @unchecked Sendable {
     /// The destination path.
     public let path: String
     private let output: AtomicOutput
@@ -87,6 +87,16 @@ public final class DeltaStoreWriter {
     private var file: HDF5File?
     private var layersGroup: HDF5Group?
     private var written = Set<String>()
+    // Compression runs on `compressQueue` (concurrent), HDF5 writes on `writeQueue` (serial, in
+    // append order); at most `slots` layers are in flight. The first failure of a queued write is
+    // kept in `asyncError` and thrown by the next append or by finish.
+    private let compressQueue = DispatchQueue(label: "ila.deltas.compress", attributes: .concurrent)
+    private let writeQueue = DispatchQueue(label: "ila.deltas.write")
+    private let slots = DispatchSemaphore(value: max(2, ProcessInfo.processInfo.activeProcessorCount))
+    private let pending = DispatchGroup()
+    private let errorLock = NSLock()
+    private var asyncError: Error?
+    private final class Filtered: @unchecked Sendable { var chunks: [String: FilteredChunks] = [:] }
 
     /// Creates the temporary file with the root attributes and an empty /layers group.
     /// `storeF16` stores dense deltas as float16 (factors stay float32).
@@ -118,7 +128,7 @@ public final class DeltaStoreWriter {
     /// or `lora_A` [r, in] + `lora_B` [out, r] (float32). Payload sizes must match the shape and
     /// values must be finite (and within float16 range when storing float16).
     public func append(_ d: LayerDelta) throws {
-        guard let layers = layersGroup else {
+        guard layersGroup != nil else {
             throw ILAError(file: displayName(path), "cannot add layer \(d.layer.name): writer is closed")
         }
         let name = d.layer.name
@@ -142,27 +152,64 @@ public final class DeltaStoreWriter {
             try checkFinite(b, fail: fail)
         }
 
-        do {
-            let g = try layers.createGroup(name)
-            try g.setAttribute("block", d.layer.block)
-            try g.setAttribute("kind", d.layer.kind.rawValue)
-            try g.setAttribute("shape", d.shape)
-            try g.setAttribute("norm_delta", d.normDelta)
-            try g.setAttribute("norm_base", d.normBase)
-            try g.setAttribute("rel_change", d.relChange)
-            if let err = d.reconstructionError { try g.setAttribute("reconstruction_error", err) }
+        errorLock.lock(); let earlier = asyncError; errorLock.unlock()
+        if let earlier { throw earlier }
+        written.insert(name)
+        let f16 = storeF16
+        let filtered = Filtered()
+        let ready = DispatchSemaphore(value: 0)
+        slots.wait()
+        pending.enter()
+        compressQueue.async {
             switch d.payload {
             case .full(let values):
-                try g.createDataset("delta", values: values, shape: d.shape, storage: storeF16 ? .float16 : .float32)
-            case .factors(let a, let b, let rank, let scale):
-                try g.setAttribute("scale", Double(scale))
-                try g.createDataset("lora_A", values: a, shape: [rank, d.inFeatures])
-                try g.createDataset("lora_B", values: b, shape: [d.outFeatures, rank])
+                filtered.chunks["delta"] = FilteredChunks.make(values, shape: d.shape, storage: f16 ? .float16 : .float32)
+            case .factors(let a, let b, let rank, _):
+                filtered.chunks["lora_A"] = FilteredChunks.make(a, shape: [rank, d.inFeatures], storage: .float32)
+                filtered.chunks["lora_B"] = FilteredChunks.make(b, shape: [d.outFeatures, rank], storage: .float32)
             }
-        } catch {
-            throw userError(error, file: path, prefix: "layer \(name)", base: "/layers/\(name)")
+            ready.signal()
         }
-        written.insert(name)
+        // Weak: a writer dropped without finish() must deinit (and delete its temporary) at once;
+        // queued writes of a writer that is gone are skipped.
+        let (slots, pending) = (self.slots, self.pending)
+        writeQueue.async { [weak self] in
+            ready.wait()
+            defer { slots.signal(); pending.leave() }
+            guard let self else { return }
+            self.errorLock.lock(); let failed = self.asyncError != nil; self.errorLock.unlock()
+            guard !failed else { return }
+            do {
+                guard let layers = self.layersGroup else { return }
+                try self.write(d, layers: layers, filtered: filtered.chunks, f16: f16)
+            } catch {
+                self.errorLock.lock()
+                self.asyncError = userError(error, file: self.path, prefix: "layer \(name)", base: "/layers/\(name)")
+                self.errorLock.unlock()
+            }
+        }
+    }
+
+    private func write(_ d: LayerDelta, layers: HDF5Group, filtered: [String: FilteredChunks], f16: Bool) throws {
+        let g = try layers.createGroup(d.layer.name)
+        try g.setAttribute("block", d.layer.block)
+        try g.setAttribute("kind", d.layer.kind.rawValue)
+        try g.setAttribute("shape", d.shape)
+        try g.setAttribute("norm_delta", d.normDelta)
+        try g.setAttribute("norm_base", d.normBase)
+        try g.setAttribute("rel_change", d.relChange)
+        if let err = d.reconstructionError { try g.setAttribute("reconstruction_error", err) }
+        switch d.payload {
+        case .full(let values):
+            if let c = filtered["delta"] { try g.createDataset("delta", filtered: c) }
+            else { try g.createDataset("delta", values: values, shape: d.shape, storage: f16 ? .float16 : .float32) }
+        case .factors(let a, let b, let rank, let scale):
+            try g.setAttribute("scale", Double(scale))
+            if let c = filtered["lora_A"] { try g.createDataset("lora_A", filtered: c) }
+            else { try g.createDataset("lora_A", values: a, shape: [rank, d.inFeatures]) }
+            if let c = filtered["lora_B"] { try g.createDataset("lora_B", filtered: c) }
+            else { try g.createDataset("lora_B", values: b, shape: [d.outFeatures, rank]) }
+        }
     }
 
     private func checkFinite(_ values: [Float], fail: (String) -> ILAError) throws {
@@ -173,6 +220,9 @@ public final class DeltaStoreWriter {
 
     /// Closes the file (flushing everything) and renames it to `path`.
     public func finish() throws {
+        pending.wait()
+        errorLock.lock(); let failed = asyncError; errorLock.unlock()
+        if let failed { abort(); throw failed }
         guard let file else { throw ILAError(file: displayName(path), "writer is already closed") }
         layersGroup = nil
         self.file = nil
@@ -187,6 +237,11 @@ public final class DeltaStoreWriter {
 
     /// Closes and deletes the temporary file; nothing appears at `path`. Safe to call twice.
     public func abort() {
+        pending.wait()
+        closeAndDiscard()
+    }
+
+    private func closeAndDiscard() {
         layersGroup = nil
         if let file {
             self.file = nil
@@ -195,7 +250,9 @@ public final class DeltaStoreWriter {
         }
     }
 
-    deinit { abort() }
+    // No waiting here: deinit may run on the write queue (when a queued write held the last
+    // reference), and writes still queued find `self` gone and skip.
+    deinit { closeAndDiscard() }
 }
 
 // MARK: - Reader

@@ -675,6 +675,43 @@ public final class HDF5Group: HDF5Object {
         }
     }
 
+    /// Creates a float dataset exactly as `createDataset(_:values:shape:storage:compress: true)`
+    /// would (same chunk shape, shuffle + deflate level 4) but stores chunks that
+    /// `FilteredChunks.make` already shuffled and deflated, with `H5Dwrite_chunk` (filter mask 0):
+    /// the costly compression then runs on any thread, outside the HDF5 lock.
+    @discardableResult
+    public func createDataset(_ name: String, filtered: FilteredChunks) throws -> HDF5Dataset {
+        try HDF5Library.locked {
+            try checkName(name, "dataset")
+            var dims = filtered.shape.map { hsize_t($0) }
+            let space = H5Screate_simple(Int32(dims.count), &dims, nil)
+            guard space >= 0 else { throw error("cannot create dataspace for '\(name)'") }
+            defer { _ = H5Sclose(space) }
+            let halfType = filtered.storage == .float16 ? HDF5Library.makeHalfType() : -1
+            defer { if halfType >= 0 { _ = H5Tclose(halfType) } }
+            if filtered.storage == .float16 && halfType < 0 { throw error("cannot build the float16 type") }
+            let fileType = filtered.storage == .float16 ? halfType : ila_H5T_IEEE_F32LE()
+            let dcpl = H5Pcreate(ila_H5P_DATASET_CREATE())
+            defer { _ = H5Pclose(dcpl) }
+            var chunk = filtered.chunk.map { hsize_t($0) }
+            guard H5Pset_chunk(dcpl, Int32(chunk.count), &chunk) >= 0, H5Pset_shuffle(dcpl) >= 0,
+                  H5Pset_deflate(dcpl, UInt32(FilteredChunks.level)) >= 0 else {
+                throw error("cannot set up compression for '\(name)'")
+            }
+            let did = H5Dcreate2(id, name, fileType, space, ila_H5P_DEFAULT(), dcpl, ila_H5P_DEFAULT())
+            guard did >= 0 else { throw error("cannot create dataset '\(name)'") }
+            let dataset = HDF5Dataset(file: file, id: did, path: childPath(name))
+            for c in filtered.chunks {
+                var offset = c.offset
+                let status = c.bytes.withUnsafeBytes {
+                    H5Dwrite_chunk(did, ila_H5P_DEFAULT(), 0, &offset, $0.count, $0.baseAddress)
+                }
+                guard status >= 0 else { throw error("cannot write dataset '\(name)'") }
+            }
+            return dataset
+        }
+    }
+
     /// Chunk dims of about 1 MiB: whole trailing dimensions where they fit, then as many leading
     /// rows as fill the budget (each at least 1, never more than the dimension).
     private func chunkShape(_ shape: [Int], elementSize: Int) -> [Int] {
@@ -772,5 +809,63 @@ public final class HDF5Dataset: HDF5Object {
             guard status >= 0 else { throw error("cannot read values") }
             return values
         }
+    }
+}
+
+
+/// A 2-D float dataset's chunks, shuffled and deflated exactly as HDF5's shuffle + deflate(4)
+/// filters would store them: chunks of whole rows, ~1 MiB (the shape `chunkShape` picks), the last
+/// one zero-padded to full size. Pure Swift + zlib, so it may be built on any thread.
+public struct FilteredChunks: @unchecked Sendable {
+    public static let level: Int32 = 4
+    public let shape: [Int]
+    public let chunk: [Int]
+    public let storage: HDF5FloatStorage
+    public let chunks: [(offset: [hsize_t], bytes: [UInt8])]
+
+    /// nil when the dataset is not 2-D with rows of at most 1 MiB (write it the ordinary way).
+    public static func make(_ values: [Float], shape: [Int], storage: HDF5FloatStorage) -> FilteredChunks? {
+        guard shape.count == 2, shape[0] > 0, shape[1] > 0, values.count == shape[0] * shape[1] else { return nil }
+        let es = storage == .float16 ? 2 : 4
+        let (rows, cols) = (shape[0], shape[1])
+        let budget = max(1, (1 << 20) / es)
+        guard cols <= budget else { return nil }
+        let chunkRows = max(1, min(rows, budget / cols))
+        let n = chunkRows * cols
+        var raw = [UInt8](repeating: 0, count: n * es)
+        var shuffled = [UInt8](repeating: 0, count: n * es)
+        var chunks: [(offset: [hsize_t], bytes: [UInt8])] = []
+        var r0 = 0
+        while r0 < rows {
+            let r1 = min(rows, r0 + chunkRows)
+            let count = (r1 - r0) * cols
+            values.withUnsafeBufferPointer { vp in
+                raw.withUnsafeMutableBytes { rp in
+                    if storage == .float16 {
+                        let h = rp.bindMemory(to: UInt16.self)
+                        for i in 0..<count { h[i] = Float16(vp[r0 * cols + i]).bitPattern.littleEndian }
+                    } else {
+                        memcpy(rp.baseAddress!, vp.baseAddress! + r0 * cols, count * 4)
+                    }
+                    if count < n { memset(rp.baseAddress! + count * es, 0, (n - count) * es) }
+                }
+            }
+            // HDF5's shuffle filter: byte j of element i goes to j·n + i.
+            raw.withUnsafeBufferPointer { src in
+                shuffled.withUnsafeMutableBufferPointer { dst in
+                    for j in 0..<es { for i in 0..<n { dst[j * n + i] = src[i * es + j] } }
+                }
+            }
+            var size = compressBound(uLong(n * es))
+            var out = [UInt8](repeating: 0, count: Int(size))
+            let rc = out.withUnsafeMutableBufferPointer { d in
+                shuffled.withUnsafeBufferPointer { s in compress2(d.baseAddress, &size, s.baseAddress, uLong(n * es), level) }
+            }
+            guard rc == Z_OK else { return nil }
+            out.removeLast(out.count - Int(size))
+            chunks.append((offset: [hsize_t(r0), 0], bytes: out))
+            r0 = r1
+        }
+        return FilteredChunks(shape: shape, chunk: [chunkRows, cols], storage: storage, chunks: chunks)
     }
 }
