@@ -32,14 +32,17 @@ let package = Package(
         // ranking transfer across models
         .target(name: "ILATransfer", dependencies: ["ILADiff", "ILAMask"], path: "Sources/Transfer"),
 
+        // exit codes and error lines shared by the three commands
+        .target(name: "ILACommandLine", dependencies: [
+            "ILADiff", .product(name: "ArgumentParser", package: "swift-argument-parser")], path: "Sources/CLI"),
         .executableTarget(name: "ila-diff", dependencies: [
-            "ILADiff", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            "ILADiff", "ILACommandLine", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/ila-diff"),
         .executableTarget(name: "ila-mask", dependencies: [
-            "ILADiff", "ILAMask", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            "ILADiff", "ILAMask", "ILACommandLine", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/ila-mask"),
         .executableTarget(name: "ila-transfer", dependencies: [
-            "ILADiff", "ILAMask", "ILATransfer",
+            "ILADiff", "ILAMask", "ILATransfer", "ILACommandLine",
             .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/ila-transfer"),
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ILACommandLine
 import ILADiff
 
 @main
@@ -41,21 +42,7 @@ struct ILADiffCommand: ParsableCommand {
 
     enum StorageType: String, ExpressibleByArgument, CaseIterable { case f32, f16 }
 
-    /// Exit codes of DESIGN.md section 2: 0 success (and --help), 1 runtime/data error, 2 usage
-    /// error. ArgumentParser's own code for usage errors is EX_USAGE (64), so map it to 2.
-    static func main() {
-        AtomicOutput.installInterruptCleanup()
-        do {
-            var command = try parseAsRoot()
-            try command.run()
-        } catch {
-            if exitCode(for: error) == .validationFailure {
-                FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
-                Foundation.exit(2)
-            }
-            exit(withError: error)
-        }
-    }
+    static func main() { mainWithDesignExitCodes() }
 
     func validate() throws {
         if let rank, rank < 1 { throw ValidationError("--rank must be a positive integer") }
@@ -63,12 +50,7 @@ struct ILADiffCommand: ParsableCommand {
     }
 
     func run() throws {
-        do {
-            try diff()
-        } catch {
-            reportError(error)
-            throw ExitCode.failure
-        }
+        try runReportingErrors(diff)
     }
 
     func diff() throws {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ILACommandLine
 import ILADiff
 import ILAMask
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ILACommandLine
 import ILADiff
 import ILAMask
 
@@ -60,7 +61,6 @@ struct ExportCommand: ParsableCommand {
     }
 
     func run() throws {
-        AtomicOutput.installInterruptCleanup()
         try runReportingErrors {
             let r = try Ranking.load(path: ranking)
             let selection = Selection(ranking: r, top: top, source: ranking)

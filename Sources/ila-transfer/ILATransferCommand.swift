@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ILACommandLine
 import ILADiff
 import ILAMask
 import ILATransfer
@@ -83,21 +84,7 @@ struct ILATransferCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Title of the --format svg figure (default names the top fraction and the source).", valueName: "text"))
     var title: String?
 
-    /// Exit codes of DESIGN.md section 2: 0 success (and --help), 1 runtime/data error, 2 usage
-    /// error. ArgumentParser's own code for usage errors is EX_USAGE (64), so map it to 2.
-    static func main() {
-        AtomicOutput.installInterruptCleanup()
-        do {
-            var command = try parseAsRoot()
-            try command.run()
-        } catch {
-            if exitCode(for: error) == .validationFailure {
-                FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
-                Foundation.exit(2)
-            }
-            exit(withError: error)
-        }
-    }
+    static func main() { mainWithDesignExitCodes() }
 
     func validate() throws {
         guard top.isFinite, top > 0, top <= 1 else { throw ValidationError("--top must be a fraction in (0, 1], got \(top)") }
@@ -110,14 +97,7 @@ struct ILATransferCommand: ParsableCommand {
     }
 
     func run() throws {
-        do {
-            try transfer()
-        } catch let e as ExitCode {
-            throw e
-        } catch {
-            reportError(error)
-            throw ExitCode.failure
-        }
+        try runReportingErrors(transfer)
     }
 
     var exportOptions: ExportOptions { ExportOptions(loraR: loraR, loraAlpha: loraAlpha, title: title) }
