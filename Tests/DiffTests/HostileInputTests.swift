@@ -7,11 +7,11 @@ import XCTest
 /// clear `error:` line and exit 1 within seconds, leaving no output file. Inputs found by the fuzz
 /// harnesses are kept in fuzz/regressions/<harness>/.
 final class HostileInputTests: XCTestCase {
-    var tmp: TempFolder!
+    var tmp: TempDir!
     let tiny = RepoPaths.fixtures.appendingPathComponent("tiny").path
     let regressions = RepoPaths.root.appendingPathComponent("fuzz/regressions").path
 
-    override func setUpWithError() throws { tmp = try TempFolder("ila-hostile-diff") }
+    override func setUpWithError() throws { tmp = TempDir("ila-hostile-diff") }
     override func tearDown() { tmp.remove() }
 
     /// Runs `ila-diff base aligned -o <tmp>/out.h5` and checks the failure contract.

@@ -7,10 +7,10 @@ import XCTest
 /// the previous complete file, never a partial one; the next run removes the temporary a
 /// SIGKILL left behind; SIGTERM/SIGINT remove it at once and exit 1 with one error line.
 final class InterruptionTests: XCTestCase {
-    var tmp: TempFolder!
+    var tmp: TempDir!
 
     override func setUpWithError() throws {
-        tmp = try TempFolder("ila-diff-interrupt")
+        tmp = TempDir("ila-diff-interrupt")
         // 4 blocks × 7 linear layers, 2.6 M weights per model: long enough (~0.5 s) to kill mid-run.
         try Self.writeModel(tmp.path("base.safetensors"), seed: 1)
         try Self.writeModel(tmp.path("aligned.safetensors"), seed: 2)

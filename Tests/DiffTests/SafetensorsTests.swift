@@ -1,4 +1,5 @@
 import Foundation
+import ILATestSupport
 import XCTest
 import ILADiff
 

@@ -1,4 +1,5 @@
 import Foundation
+import ILATestSupport
 import XCTest
 import ILADiff
 
@@ -41,51 +42,8 @@ enum Paths {
         return u
     }
 
-    /// The built `ila-diff` next to the test bundle (the products directory), else
-    /// `.build/debug/ila-diff` in the repository.
-    static func ilaDiff() throws -> URL {
-        var candidates: [URL] = []
-        var seeds = [Bundle.main.bundleURL]
-        if let e = Bundle.main.executableURL { seeds.append(e) }
-        seeds += Bundle.allBundles.map(\.bundleURL)
-        for s in seeds {
-            var u = s
-            for _ in 0..<3 {
-                candidates.append(u.appendingPathComponent("ila-diff"))
-                u = u.deletingLastPathComponent()
-            }
-        }
-        candidates.append(repoRoot.appendingPathComponent(".build/debug/ila-diff"))
-        for c in candidates where FileManager.default.isExecutableFile(atPath: c.path) {
-            var isDir: ObjCBool = false
-            if FileManager.default.fileExists(atPath: c.path, isDirectory: &isDir), !isDir.boolValue { return c }
-        }
-        XCTFail("the ila-diff binary was not found next to the test bundle (looked in \(candidates.prefix(3).map(\.path))) "
-                + "nor at .build/debug/ila-diff; build it with `swift build` first")
-        throw XCTSkip("ila-diff binary missing")
-    }
-}
-
-/// A fresh folder under the system temporary directory, removed by `remove()`.
-final class TempDir {
-    let url: URL
-    init(_ label: String = "ila-diff-tests") {
-        url = FileManager.default.temporaryDirectory
-            .appendingPathComponent("\(label)-\(getpid())-\(UUID().uuidString.prefix(8))")
-        try? FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-    }
-    func path(_ name: String) -> String { url.appendingPathComponent(name).path }
-    func sub(_ name: String) -> URL {
-        let u = url.appendingPathComponent(name)
-        try? FileManager.default.createDirectory(at: u, withIntermediateDirectories: true)
-        return u
-    }
-    func contents(_ sub: String? = nil) -> [String] {
-        let u = sub.map { url.appendingPathComponent($0) } ?? url
-        return ((try? FileManager.default.contentsOfDirectory(atPath: u.path)) ?? []).sorted()
-    }
-    func remove() { try? FileManager.default.removeItem(at: url) }
-    deinit { remove() }
+    /// The built `ila-diff`.
+    static func ilaDiff() throws -> URL { URL(fileURLWithPath: try CommandRunner.binary("ila-diff")) }
 }
 
 // MARK: - Deterministic numbers

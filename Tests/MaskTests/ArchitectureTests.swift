@@ -144,7 +144,7 @@ final class ArchitectureTests: XCTestCase {
     }
 
     func checkArchitecture(qwen: Bool) throws {
-        let tmp = try TempFolder("ila-arch")
+        let tmp = TempDir("ila-arch")
         defer { tmp.remove() }
         let (model, w) = try makeModel(dir: tmp.url.path, qwen: qwen)
         XCTAssertEqual(model.config.attentionBias, qwen)
@@ -195,7 +195,7 @@ final class ArchitectureTests: XCTestCase {
     func testMistralStyleUntiedMatchesNaiveImplementation() throws { try checkArchitecture(qwen: false) }
 
     func testConfigVariantsAndRefusals() throws {
-        let tmp = try TempFolder("ila-cfg")
+        let tmp = TempDir("ila-cfg")
         defer { tmp.remove() }
         func load(_ obj: [String: Any]) throws -> LlamaConfig {
             let p = tmp.path("config.json")
@@ -225,7 +225,7 @@ final class ArchitectureTests: XCTestCase {
     }
 
     func testWeightLoaderNamesMissingAndUnexpectedTensors() throws {
-        let tmp = try TempFolder("ila-weights")
+        let tmp = TempDir("ila-weights")
         defer { tmp.remove() }
         _ = try makeModel(dir: tmp.url.path, qwen: false)
         let ckpt = try ModelCheckpoint(path: tmp.url.path)

@@ -1,6 +1,7 @@
 import Foundation
 import ILADiff
 @testable import ILAMask
+import ILATestSupport
 import XCTest
 
 /// Runs the built `ila-mask` binary: `export` and `compare` end to end.
@@ -16,22 +17,7 @@ final class ExportCommandTests: XCTestCase {
         try? FileManager.default.removeItem(at: dir)
     }
 
-    /// The `ila-mask` next to the test bundle, else `.build/debug/ila-mask` above this file.
-    static func binary() throws -> String {
-        var candidates: [URL] = []
-        if let exe = Bundle.main.executableURL { candidates.append(exe.deletingLastPathComponent().appendingPathComponent("ila-mask")) }
-        for b in Bundle.allBundles {
-            candidates.append(b.bundleURL.deletingLastPathComponent().appendingPathComponent("ila-mask"))
-        }
-        var up = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        for _ in 0..<5 {
-            candidates.append(up.appendingPathComponent(".build/debug/ila-mask"))
-            up = up.deletingLastPathComponent()
-        }
-        if let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) { return found.path }
-        XCTFail("ila-mask binary not found (build it with `swift build`); looked in \(candidates.map(\.path))")
-        throw XCTSkip("no ila-mask binary")
-    }
+    static func binary() throws -> String { try CommandRunner.binary("ila-mask") }
 
     struct Result {
         var status: Int32

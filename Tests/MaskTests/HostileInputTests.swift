@@ -7,11 +7,11 @@ import XCTest
 /// Hostile config.json, tokenizer.json, JSONL rows and ranking.json against the built `ila-mask`
 /// (issue #6): one clear `error:` line, exit 1, within seconds, no output file.
 final class MaskHostileInputTests: XCTestCase {
-    var tmp: TempFolder!
+    var tmp: TempDir!
     let tiny = RepoPaths.fixtures.appendingPathComponent("tiny").path
     let data = RepoPaths.fixtures.appendingPathComponent("data").path
 
-    override func setUpWithError() throws { tmp = try TempFolder("ila-hostile-mask") }
+    override func setUpWithError() throws { tmp = TempDir("ila-hostile-mask") }
     override func tearDown() { tmp.remove() }
 
     /// A copy of base-A with `file` replaced by `contents`.

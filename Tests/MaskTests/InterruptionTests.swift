@@ -9,7 +9,7 @@ import XCTest
 /// new one), never partial; the next run removes the temporaries a SIGKILL left behind.
 final class LearnInterruptionTests: XCTestCase {
     func testSIGKILLLeavesNothingPartial() throws {
-        let tmp = try TempFolder("ila-learn-interrupt")
+        let tmp = TempDir("ila-learn-interrupt")
         defer { tmp.remove() }
         let tiny = RepoPaths.fixtures.appendingPathComponent("tiny").path
         let data = RepoPaths.fixtures.appendingPathComponent("data").path

@@ -6,11 +6,11 @@ import XCTest
 
 /// `ila-mask eval` and `ila-mask learn` end to end through the built binary.
 final class MaskCommandTests: XCTestCase {
-    var tmp: TempFolder!
+    var tmp: TempDir!
     let tiny = RepoPaths.fixtures.appendingPathComponent("tiny").path
     let data = RepoPaths.fixtures.appendingPathComponent("data").path
 
-    override func setUpWithError() throws { tmp = try TempFolder("ila-mask-cmd") }
+    override func setUpWithError() throws { tmp = TempDir("ila-mask-cmd") }
     override func tearDown() { tmp.remove() }
 
     func diff(_ aligned: String) throws -> String {

@@ -70,17 +70,26 @@ public enum CommandRunner {
     }
 }
 
-/// A fresh temporary folder, removed by `remove()`.
-public struct TempFolder {
+/// A fresh folder under the system temporary directory, removed by `remove()` or on deinit.
+public final class TempDir {
     public let url: URL
-    public init(_ label: String = "ila") throws {
-        url = FileManager.default.temporaryDirectory.appendingPathComponent("\(label)-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    public init(_ label: String = "ila-tests") {
+        url = FileManager.default.temporaryDirectory
+            .appendingPathComponent("\(label)-\(getpid())-\(UUID().uuidString.prefix(8))")
+        try? FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
     }
     public func path(_ name: String) -> String { url.appendingPathComponent(name).path }
-    /// Names in the folder (hidden ones included), sorted.
-    public func contents() -> [String] {
-        ((try? FileManager.default.contentsOfDirectory(atPath: url.path)) ?? []).sorted()
+    /// A subfolder, created.
+    public func sub(_ name: String) -> URL {
+        let u = url.appendingPathComponent(name)
+        try? FileManager.default.createDirectory(at: u, withIntermediateDirectories: true)
+        return u
+    }
+    /// Names in the folder (or a subfolder), hidden ones included, sorted.
+    public func contents(_ sub: String? = nil) -> [String] {
+        let u = sub.map { url.appendingPathComponent($0) } ?? url
+        return ((try? FileManager.default.contentsOfDirectory(atPath: u.path)) ?? []).sorted()
     }
     public func remove() { try? FileManager.default.removeItem(at: url) }
+    deinit { remove() }
 }

@@ -8,7 +8,7 @@ import XCTest
 /// or nothing, and the next run removes what a SIGKILL left behind.
 final class TransferInterruptionTests: XCTestCase {
     func testSIGKILLLeavesNothingOrThePreviousFile() throws {
-        let tmp = try TempFolder("ila-transfer-interrupt")
+        let tmp = TempDir("ila-transfer-interrupt")
         defer { tmp.remove() }
         // A deep target (many header entries) makes a run last long enough to be cut.
         try writeTinyCheckpoint(blocks: 400, to: tmp.path("target.safetensors"))

@@ -1,4 +1,5 @@
 import Foundation
+import ILATestSupport
 import XCTest
 import ILADiff
 import ILAMask
@@ -13,7 +14,7 @@ final class RankingTransferTests: XCTestCase {
     ]
 
     /// A ranking of tiny base-A (2 blocks) with `tinyScores`, written to `dir`.
-    func tinyRanking(in dir: TransferTempDir) throws -> (Ranking, String) {
+    func tinyRanking(in dir: TempDir) throws -> (Ranking, String) {
         let ckpt = try ModelCheckpoint(path: try TransferPaths.tiny("base-A").path)
         let names = LinearLayer.layers(in: ckpt).map(\.name)
         XCTAssertEqual(names.count, 14)
@@ -29,7 +30,7 @@ final class RankingTransferTests: XCTestCase {
     /// tiny base-A (2 blocks, hidden 64) → tiny base-B (3 blocks, hidden 48): block 0 takes
     /// s(0), block 1 takes (s(0) + s(1))/2 (p = 0.5), block 2 takes s(1) — worked out by hand.
     func testTinyAToTinyBAgainstAHandComputation() throws {
-        let dir = TransferTempDir()
+        let dir = TempDir()
         let (_, rankingPath) = try tinyRanking(in: dir)
         let target = try TransferPaths.tiny("base-B").path
         let t = try RankingTransfer.load(rankingPath: rankingPath, targetPath: target)
@@ -82,7 +83,7 @@ final class RankingTransferTests: XCTestCase {
 
     /// Dataset transfer on the same model: scores and ranks are the ranking's own, bit for bit.
     func testEqualDepthIsTheIdentity() throws {
-        let dir = TransferTempDir()
+        let dir = TempDir()
         let (ranking, rankingPath) = try tinyRanking(in: dir)
         let t = try RankingTransfer.load(rankingPath: rankingPath, targetPath: try TransferPaths.tiny("base-A").path)
         XCTAssertTrue(t.isIdentity)
@@ -112,7 +113,7 @@ final class RankingTransferTests: XCTestCase {
     /// 8 → 3 with s(b, kind) = 10·b + kind index: block 0 = s(0)/6 + 5·s(1)/6, block 1 =
     /// (s(3) + s(4))/2, block 2 = 5·s(6)/6 + s(7)/6.
     func testEightToThree() throws {
-        let dir = TransferTempDir()
+        let dir = TempDir()
         let target = dir.path("three.safetensors")
         try writeTinyCheckpoint(blocks: 3, to: target)
         let r = makeRanking(blocks: 8) { b, k in 10 * Double(b) + Double(allKinds.firstIndex(of: k)!) }
@@ -133,7 +134,7 @@ final class RankingTransferTests: XCTestCase {
 
     /// 3 → 8 against exact dyadic weights.
     func testThreeToEight() throws {
-        let dir = TransferTempDir()
+        let dir = TempDir()
         let target = dir.path("eight.safetensors")
         try writeTinyCheckpoint(blocks: 8, to: target)
         let s = [1.0, 5.0, -3.0]
@@ -150,7 +151,7 @@ final class RankingTransferTests: XCTestCase {
 
     /// One source block: every target block gets that block's scores, unchanged.
     func testOneToN() throws {
-        let dir = TransferTempDir()
+        let dir = TempDir()
         let r = makeRanking(blocks: 1) { _, k in Double(allKinds.firstIndex(of: k)!) * 0.3 - 1 }
         for n in [1, 2, 5, 9] {
             let target = dir.path("n\(n).safetensors")
@@ -200,7 +201,7 @@ final class RankingTransferTests: XCTestCase {
 
     /// A target kind the source lacks is an error naming the kind and both files.
     func testTargetKindMissingFromTheSource() throws {
-        let dir = TransferTempDir()
+        let dir = TempDir()
         let target = dir.path("full.safetensors")
         try writeTinyCheckpoint(blocks: 4, to: target)
         let r = makeRanking(blocks: 2, kinds: ["q_proj", "v_proj"]) { b, _ in Double(b) }
@@ -235,7 +236,7 @@ final class RankingTransferTests: XCTestCase {
     }
 
     func testTargetWithoutLinearLayers() throws {
-        let dir = TransferTempDir()
+        let dir = TempDir()
         let target = dir.path("none.safetensors")
         try writeTinyCheckpoint(blocks: 2, kinds: [], to: target)
         let r = makeRanking(blocks: 2) { b, _ in Double(b) }
@@ -248,7 +249,7 @@ final class RankingTransferTests: XCTestCase {
 
     /// Rankings of the wrong format or version are refused by the loader.
     func testWrongFormatOrVersion() throws {
-        let dir = TransferTempDir()
+        let dir = TempDir()
         let target = try TransferPaths.tiny("base-B").path
         let r = makeRanking(blocks: 2) { b, _ in Double(b) }
         var obj = try JSONSerialization.jsonObject(with: try r.jsonData()) as! [String: Any]

@@ -2,6 +2,7 @@ import Foundation
 #if canImport(FoundationXML)
 import FoundationXML
 #endif
+import ILATestSupport
 import XCTest
 import ILADiff
 import ILAMask
@@ -12,7 +13,7 @@ final class TransferCLITests: XCTestCase {
     /// A workspace with an 8-block ranking (scores from a fixed generator, some ties) and the
     /// tiny base-B target (3 blocks).
     struct Setup {
-        let dir: TransferTempDir
+        let dir: TempDir
         let ranking: Ranking
         let rankingPath: String
         let target: String
@@ -20,7 +21,7 @@ final class TransferCLITests: XCTestCase {
     }
 
     func setup() throws -> Setup {
-        let dir = TransferTempDir("ila-transfer-cli")
+        let dir = TempDir("ila-transfer-cli")
         var state: UInt64 = 7
         let ranking = makeRanking(blocks: 8) { _, _ in
             state = state &* 6364136223846793005 &+ 1442695040888963407
@@ -66,7 +67,7 @@ final class TransferCLITests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("target block 2: p = 6.16667 ← source block 6 (weight 0.833333) + source block 7 (weight 0.166667)"), r.stdout)
         XCTAssertTrue(r.stdout.contains("source blocks not read: 2, 5"))
         // no file written
-        XCTAssertEqual(s.dir.contents, ["ranking.json"])
+        XCTAssertEqual(s.dir.contents(), ["ranking.json"])
 
         let all = try runTransfer([s.rankingPath, s.target, "--top", "0.25", "--all"])
         XCTAssertEqual(all.status, 0, all.stderr)
@@ -197,7 +198,7 @@ final class TransferCLITests: XCTestCase {
                 XCTAssertEqual(root.root, "svg")
             }
         }
-        XCTAssertEqual(s.dir.contents.filter { $0.hasPrefix(".") }, [], "temporary files left behind")
+        XCTAssertEqual(s.dir.contents().filter { $0.hasPrefix(".") }, [], "temporary files left behind")
     }
 
     /// When python3 with torch, transformers and peft is at hand: PEFT itself, given the peft
@@ -238,7 +239,7 @@ final class TransferCLITests: XCTestCase {
 
     /// Same depth: the transferred selection is the ranking's own selection (dataset transfer).
     func testIdentityThroughTheCLI() throws {
-        let dir = TransferTempDir("ila-transfer-cli")
+        let dir = TempDir("ila-transfer-cli")
         let base = try TransferPaths.tiny("base-A").path
         let names = LinearLayer.layers(in: try ModelCheckpoint(path: base)).map(\.name)
         let r = makeRanking(blocks: 2, names: names) { b, k in Double(b) - Double(allKinds.firstIndex(of: k)!) * 0.25 }
@@ -260,16 +261,16 @@ final class TransferCLITests: XCTestCase {
 
     /// Exit 1, exactly one `error:` line containing `fragments`, nothing on stdout, and no
     /// output file (nor temporary) in the folder.
-    func assertFails(_ args: [String], in dir: TransferTempDir, contains fragments: [String],
+    func assertFails(_ args: [String], in dir: TempDir, contains fragments: [String],
                      file: StaticString = #filePath, line: UInt = #line) throws {
-        let before = dir.contents
+        let before = dir.contents()
         let r = try runTransfer(args)
         XCTAssertEqual(r.status, 1, "exit status for \(args): \(r.stderr)", file: file, line: line)
         XCTAssertEqual(r.stderrLines.count, 1, "stderr: \(r.stderr)", file: file, line: line)
         XCTAssertTrue(r.stderr.hasPrefix("error: "), r.stderr, file: file, line: line)
         for f in fragments { XCTAssertTrue(r.stderr.contains(f), "stderr lacks \(f): \(r.stderr)", file: file, line: line) }
         XCTAssertEqual(r.stdout, "", file: file, line: line)
-        XCTAssertEqual(dir.contents, before, "files changed", file: file, line: line)
+        XCTAssertEqual(dir.contents(), before, "files changed", file: file, line: line)
     }
 
     func testErrors() throws {
@@ -310,7 +311,7 @@ final class TransferCLITests: XCTestCase {
         _ = s.dir.sub("a-directory")
         try assertFails([s.rankingPath, s.target, "--top", "0.5", "-o", s.dir.path("a-directory")], in: s.dir,
                         contains: ["a-directory", "directory"])
-        XCTAssertEqual(s.dir.contents.filter { $0.hasPrefix(".") }, [])
+        XCTAssertEqual(s.dir.contents().filter { $0.hasPrefix(".") }, [])
     }
 
     func testUsageErrorsExit2() throws {
@@ -325,7 +326,7 @@ final class TransferCLITests: XCTestCase {
             let r = try runTransfer(args)
             XCTAssertEqual(r.status, 2, "\(args): \(r.stderr)")
         }
-        XCTAssertEqual(s.dir.contents, ["ranking.json"])
+        XCTAssertEqual(s.dir.contents(), ["ranking.json"])
         let help = try runTransfer(["--help"])
         XCTAssertEqual(help.status, 0)
         for option in ["--top", "--format", "--output", "--json", "--explain", "--lora-r", "--lora-alpha", "Examples:"] {

@@ -1,4 +1,5 @@
 import Foundation
+import ILATestSupport
 import XCTest
 import ILADiff
 import ILAMask
@@ -23,48 +24,8 @@ enum TransferPaths {
         return u
     }
 
-    /// The built `ila-transfer`: next to the test bundle (the products directory), else
-    /// `.build/debug/ila-transfer` in the repository.
-    static func binary() throws -> URL {
-        var candidates: [URL] = []
-        var seeds = [Bundle.main.bundleURL]
-        if let e = Bundle.main.executableURL { seeds.append(e) }
-        seeds += Bundle.allBundles.map(\.bundleURL)
-        for s in seeds {
-            var u = s
-            for _ in 0..<3 {
-                candidates.append(u.appendingPathComponent("ila-transfer"))
-                u = u.deletingLastPathComponent()
-            }
-        }
-        candidates.append(repoRoot.appendingPathComponent(".build/debug/ila-transfer"))
-        for c in candidates {
-            var isDir: ObjCBool = false
-            if FileManager.default.fileExists(atPath: c.path, isDirectory: &isDir), !isDir.boolValue,
-               FileManager.default.isExecutableFile(atPath: c.path) { return c }
-        }
-        XCTFail("the ila-transfer binary was not found next to the test bundle nor at .build/debug/ila-transfer; "
-                + "build it with `swift build` first")
-        throw XCTSkip("ila-transfer binary missing")
-    }
-}
-
-/// A fresh folder under the system temporary directory, removed on deinit.
-final class TransferTempDir {
-    let url: URL
-    init(_ label: String = "ila-transfer-tests") {
-        url = FileManager.default.temporaryDirectory
-            .appendingPathComponent("\(label)-\(getpid())-\(UUID().uuidString.prefix(8))")
-        try? FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-    }
-    func path(_ name: String) -> String { url.appendingPathComponent(name).path }
-    func sub(_ name: String) -> URL {
-        let u = url.appendingPathComponent(name)
-        try? FileManager.default.createDirectory(at: u, withIntermediateDirectories: true)
-        return u
-    }
-    var contents: [String] { ((try? FileManager.default.contentsOfDirectory(atPath: url.path)) ?? []).sorted() }
-    deinit { try? FileManager.default.removeItem(at: url) }
+    /// The built `ila-transfer`.
+    static func binary() throws -> URL { URL(fileURLWithPath: try CommandRunner.binary("ila-transfer")) }
 }
 
 /// (parent, kind) of the 7 linear kinds in canonical order.
@@ -162,7 +123,7 @@ struct TransferRun {
 
 func runTransfer(_ arguments: [String]) throws -> TransferRun {
     let exe = try TransferPaths.binary()
-    let tmp = TransferTempDir("ila-transfer-run")
+    let tmp = TempDir("ila-transfer-run")
     let outPath = tmp.path("stdout"), errPath = tmp.path("stderr")
     _ = FileManager.default.createFile(atPath: outPath, contents: nil)
     _ = FileManager.default.createFile(atPath: errPath, contents: nil)
