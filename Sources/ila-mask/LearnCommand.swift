@@ -97,6 +97,11 @@ struct LearnCommand: ParsableCommand {
             try AtomicOutput(path: output).discard()
             try AtomicOutput(path: trajectoryPath).discard()
             try AtomicOutput(path: statePath).discard()
+            if let deltas = model.deltas,
+               URL(fileURLWithPath: deltas).standardizedFileURL.resolvingSymlinksInPath()
+                == URL(fileURLWithPath: trajectoryPath).standardizedFileURL.resolvingSymlinksInPath() {
+                throw ILAError(file: trajectoryPath, "would overwrite the --deltas file with the trajectory; choose another -o")
+            }
             let (base, engine, store) = try model.loadEngine(requireDeltas: true)
             guard !engine.maskedLayers.isEmpty else { throw ILAError(file: model.deltas ?? "", "holds no layers") }
             let rows = try base.rows(path: model.data, template: model.template, seqLen: model.seqLen, limit: limit)

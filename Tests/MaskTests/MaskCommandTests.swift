@@ -128,6 +128,16 @@ final class MaskCommandTests: XCTestCase {
         assertOneLineError(again, mentions: "x.state.json")
     }
 
+    /// `-o deltas.json` would put the trajectory (deltas.h5) over the deltas themselves.
+    func testLearnRefusesToOverwriteItsDeltas() throws {
+        let deltas = try diff("lora-pyapi")
+        let before = try Data(contentsOf: URL(fileURLWithPath: deltas))
+        let r = try CommandRunner.run("ila-mask", ["learn", "--base", "\(tiny)/base-A", "--deltas", deltas, "--data",
+                                                  "\(data)/pyapi.train.jsonl", "-o", String(deltas.dropLast(3)) + ".json", "--steps", "2"])
+        assertOneLineError(r, mentions: "--deltas")
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: deltas)), before)
+    }
+
     func testLearnRefusesUnwritableOutputBeforeWorking() throws {
         let deltas = try diff("lora-pyapi")
         let r = try CommandRunner.run("ila-mask", ["learn", "--base", "\(tiny)/base-A", "--deltas", deltas, "--data",
