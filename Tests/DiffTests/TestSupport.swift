@@ -294,37 +294,10 @@ func miniModelTensors(blocks: Int = 2, h: Int = 8, kv: Int = 4, m: Int = 12, see
 
 // MARK: - Running ila-diff
 
-struct RunResult {
-    let status: Int32
-    let stdout: String
-    let stderr: String
-    var stderrLines: [String] { stderr.split(separator: "\n", omittingEmptySubsequences: true).map(String.init) }
-}
+typealias RunResult = CommandResult
 
-/// Runs the built ila-diff with `arguments`; output goes through files, so large output cannot block.
-func runILADiff(_ arguments: [String]) throws -> RunResult {
-    let exe = try Paths.ilaDiff()
-    let tmp = TempDir("ila-diff-run")
-    defer { tmp.remove() }
-    let outPath = tmp.path("stdout"), errPath = tmp.path("stderr")
-    _ = FileManager.default.createFile(atPath: outPath, contents: nil)
-    _ = FileManager.default.createFile(atPath: errPath, contents: nil)
-    let out = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
-    let err = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
-    let p = Process()
-    p.executableURL = exe
-    p.arguments = arguments
-    p.standardOutput = out
-    p.standardError = err
-    p.standardInput = FileHandle.nullDevice
-    try p.run()
-    p.waitUntilExit()
-    try out.close()
-    try err.close()
-    return RunResult(status: p.terminationStatus,
-                     stdout: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
-                     stderr: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
-}
+/// Runs the built ila-diff with `arguments`.
+func runILADiff(_ arguments: [String]) throws -> RunResult { try CommandRunner.run("ila-diff", arguments) }
 
 // MARK: - Error assertions
 

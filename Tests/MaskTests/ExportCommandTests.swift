@@ -17,32 +17,9 @@ final class ExportCommandTests: XCTestCase {
         try? FileManager.default.removeItem(at: dir)
     }
 
-    static func binary() throws -> String { try CommandRunner.binary("ila-mask") }
+    typealias Result = CommandResult
 
-    struct Result {
-        var status: Int32
-        var stdout: String
-        var stderr: String
-        var errorLines: [String] { stderr.split(separator: "\n").map(String.init).filter { $0.lowercased().hasPrefix("error:") } }
-    }
-
-    private func run(_ args: [String]) throws -> Result {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: try Self.binary())
-        p.arguments = args
-        let out = dir.appendingPathComponent(".stdout-\(UUID().uuidString)"), err = dir.appendingPathComponent(".stderr-\(UUID().uuidString)")
-        FileManager.default.createFile(atPath: out.path, contents: nil)
-        FileManager.default.createFile(atPath: err.path, contents: nil)
-        let oh = try FileHandle(forWritingTo: out), eh = try FileHandle(forWritingTo: err)
-        p.standardOutput = oh
-        p.standardError = eh
-        try p.run()
-        p.waitUntilExit()
-        try oh.close(); try eh.close()
-        defer { try? FileManager.default.removeItem(at: out); try? FileManager.default.removeItem(at: err) }
-        return Result(status: p.terminationStatus, stdout: try String(contentsOf: out, encoding: .utf8),
-                      stderr: try String(contentsOf: err, encoding: .utf8))
-    }
+    private func run(_ args: [String]) throws -> Result { try CommandRunner.run("ila-mask", args) }
 
     private func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
 

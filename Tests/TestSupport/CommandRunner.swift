@@ -18,7 +18,9 @@ public struct CommandResult: Sendable {
     public var status: Int32
     public var stdout: String
     public var stderr: String
-    public var errorLines: [String] { stderr.split(separator: "\n").map(String.init).filter { $0.hasPrefix("error:") } }
+    public var stderrLines: [String] { stderr.split(separator: "\n", omittingEmptySubsequences: true).map(String.init) }
+    /// Lines starting `error:` (ours) or `Error:` (the argument parser's usage errors).
+    public var errorLines: [String] { stderrLines.filter { $0.lowercased().hasPrefix("error:") } }
 }
 
 /// Runs the project's built executables (`ila-diff`, `ila-mask`, `ila-transfer`).

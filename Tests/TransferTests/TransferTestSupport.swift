@@ -114,35 +114,9 @@ func formulaScore(targetBlock j: Int, sourceBlocks ns: Int, targetBlocks nt: Int
 
 // MARK: - Running the binary
 
-struct TransferRun {
-    let status: Int32
-    let stdout: String
-    let stderr: String
-    var stderrLines: [String] { stderr.split(separator: "\n", omittingEmptySubsequences: true).map(String.init) }
-}
+typealias TransferRun = CommandResult
 
-func runTransfer(_ arguments: [String]) throws -> TransferRun {
-    let exe = try TransferPaths.binary()
-    let tmp = TempDir("ila-transfer-run")
-    let outPath = tmp.path("stdout"), errPath = tmp.path("stderr")
-    _ = FileManager.default.createFile(atPath: outPath, contents: nil)
-    _ = FileManager.default.createFile(atPath: errPath, contents: nil)
-    let out = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
-    let err = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
-    let p = Process()
-    p.executableURL = exe
-    p.arguments = arguments
-    p.standardOutput = out
-    p.standardError = err
-    p.standardInput = FileHandle.nullDevice
-    try p.run()
-    p.waitUntilExit()
-    try out.close()
-    try err.close()
-    return TransferRun(status: p.terminationStatus,
-                       stdout: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
-                       stderr: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
-}
+func runTransfer(_ arguments: [String]) throws -> TransferRun { try CommandRunner.run("ila-transfer", arguments) }
 
 /// Expects an ILAError from `body` whose single-line message contains every fragment.
 func assertTransferError(contains fragments: [String], _ body: () throws -> Void,
