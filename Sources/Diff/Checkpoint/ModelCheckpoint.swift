@@ -47,11 +47,10 @@ public final class ModelCheckpoint: @unchecked Sendable {
                     }
                     location[tensor] = i
                 }
-                for (i, f) in files.enumerated() {
+                for f in files {
                     for n in f.names where location[n] == nil {
                         throw ILAError(file: f.path, "tensor \(n) is not listed in model.safetensors.index.json")
                     }
-                    _ = i
                 }
             } else if FileManager.default.fileExists(atPath: single) {
                 let f = try SafetensorsFile(path: single)

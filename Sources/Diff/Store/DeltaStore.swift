@@ -72,7 +72,7 @@ private func userError(_ error: Error, file: String, prefix: String, base: Strin
         return error
     }
     let parts = [prefix, object, detail].filter { !$0.isEmpty }
-    return ILAError(file: displayName(file), parts.joined(separator: ": "))
+    return ILAError(file: file, parts.joined(separator: ": "))
 }
 
 // MARK: - Writer
@@ -102,7 +102,7 @@ public final class DeltaStoreWriter: @unchecked Sendable {
     /// `storeF16` stores dense deltas as float16 (factors stay float32).
     public init(path: String, info: DeltaFileInfo, storeF16: Bool) throws {
         guard kinds.contains(info.kind) else {
-            throw ILAError(file: displayName(path), "kind must be \"full\" or \"lora\", not \"\(info.kind)\"")
+            throw ILAError(file: path, "kind must be \"full\" or \"lora\", not \"\(info.kind)\"")
         }
         self.path = path
         self.storeF16 = storeF16
@@ -129,10 +129,10 @@ public final class DeltaStoreWriter: @unchecked Sendable {
     /// values must be finite (and within float16 range when storing float16).
     public func append(_ d: LayerDelta) throws {
         guard layersGroup != nil else {
-            throw ILAError(file: displayName(path), "cannot add layer \(d.layer.name): writer is closed")
+            throw ILAError(file: path, "cannot add layer \(d.layer.name): writer is closed")
         }
         let name = d.layer.name
-        func fail(_ problem: String) -> ILAError { ILAError(file: displayName(path), "layer \(name): \(problem)") }
+        func fail(_ problem: String) -> ILAError { ILAError(file: path, "layer \(name): \(problem)") }
         guard !written.contains(name) else { throw fail("written twice") }
         guard d.outFeatures > 0, d.inFeatures > 0 else { throw fail("invalid shape \(d.shape)") }
         let count = d.outFeatures * d.inFeatures
@@ -223,7 +223,7 @@ public final class DeltaStoreWriter: @unchecked Sendable {
         pending.wait()
         errorLock.lock(); let failed = asyncError; errorLock.unlock()
         if let failed { abort(); throw failed }
-        guard let file else { throw ILAError(file: displayName(path), "writer is already closed") }
+        guard let file else { throw ILAError(file: path, "writer is already closed") }
         layersGroup = nil
         self.file = nil
         do {
@@ -288,7 +288,7 @@ public final class DeltaStore: @unchecked Sendable {
 
     init(path: String, probed: Bool) throws {
         self.path = path
-        let name = displayName(path)
+        let name = path
         do {
             file = try HDF5File.openReadOnly(path: path, probed: probed)
             let root = try file.root()
@@ -414,7 +414,7 @@ public final class DeltaStore: @unchecked Sendable {
     /// Loads one layer's Δ (float16 widened to Float). Non-finite stored values are an error.
     public func delta(_ layer: LinearLayer) throws -> LayerDelta {
         guard let s = stored[layer.name] else {
-            throw ILAError(file: displayName(path), "no layer \(layer.name) in this deltas file")
+            throw ILAError(file: path, "no layer \(layer.name) in this deltas file")
         }
         func load(_ g: HDF5Group, _ name: String) throws -> [Float] {
             let values = try g.openDataset(name).readFloats()
@@ -452,7 +452,7 @@ public func writeFloatMatrixHDF5(path: String, dataset: String, values: [Float],
                                  attributes: [String: Any]) throws {
     let (count, overflow) = rows.multipliedReportingOverflow(by: cols)
     guard rows >= 0, cols >= 0, !overflow, values.count == count else {
-        throw ILAError(file: displayName(path), "\(values.count) values do not fill a [\(rows), \(cols)] matrix")
+        throw ILAError(file: path, "\(values.count) values do not fill a [\(rows), \(cols)] matrix")
     }
     let output = try AtomicOutput(path: path)
     do {

@@ -31,7 +31,7 @@ public struct HDF5Error: Error, CustomStringConvertible, Sendable {
 
     public var description: String {
         let where_ = object.isEmpty || object == "/" ? "" : "\(object): "
-        return "\(displayName(file)): \(where_)\(detail)"
+        return "\(file): \(where_)\(detail)"
     }
 }
 

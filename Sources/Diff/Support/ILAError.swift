@@ -11,10 +11,3 @@ public struct ILAError: Error, CustomStringConvertible, Equatable, Sendable {
     }
     public var description: String { message }
 }
-
-/// The last path component, or the whole string when it has none; errors name files this way
-/// unless the full path is needed to tell two apart.
-@inlinable
-public func displayName(_ path: String) -> String {
-    path
-}

@@ -80,7 +80,7 @@ public func loadInstructionRows(path: String, template: PromptTemplate, tokenize
                                 special: SpecialTokens, seqLen: Int, limit: Int?) throws -> [TokenizedRow] {
     guard seqLen >= 1 else { throw ILAError("sequence length must be at least 1, not \(seqLen)") }
     if let limit, limit < 1 { throw ILAError("row limit must be at least 1, not \(limit)") }
-    let name = displayName(path)
+    let name = path
     let reader = try LineReader(path: path)
     let renderer = TemplateRenderer(template: template, tokenizer: tokenizer, special: special)
     var rows: [TokenizedRow] = []
@@ -324,10 +324,10 @@ final class LineReader {
     init(path: String) throws {
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
-            throw ILAError(file: displayName(path), "is a directory, not a JSONL file")
+            throw ILAError(file: path, "is a directory, not a JSONL file")
         }
         guard let f = fopen(path, "r") else {
-            throw ILAError(file: displayName(path), FileManager.default.fileExists(atPath: path) ? "cannot read" : "no such file")
+            throw ILAError(file: path, FileManager.default.fileExists(atPath: path) ? "cannot read" : "no such file")
         }
         file = f
         self.path = path
@@ -342,7 +342,7 @@ final class LineReader {
     func next() throws -> [UInt8]? {
         let n = getline(&buffer, &capacity, file)
         if n < 0 {
-            if ferror(file) != 0 { throw ILAError(file: displayName(path), "read error") }
+            if ferror(file) != 0 { throw ILAError(file: path, "read error") }
             return nil
         }
         guard let buffer else { return nil }

@@ -34,9 +34,9 @@ public struct SpecialTokens: Equatable, Sendable {
             } else {
                 id = jsonInt(v)
             }
-            guard let id else { throw ILAError(file: displayName(configPath), "\(key) is not an integer or a list of integers") }
+            guard let id else { throw ILAError(file: configPath, "\(key) is not an integer or a list of integers") }
             guard id >= 0 && id < tokenizer.vocabSize else {
-                throw ILAError(file: displayName(configPath), "\(key) \(id) is outside the tokenizer's vocabulary (0..<\(tokenizer.vocabSize))")
+                throw ILAError(file: configPath, "\(key) \(id) is outside the tokenizer's vocabulary (0..<\(tokenizer.vocabSize))")
             }
             return id
         }
@@ -52,10 +52,10 @@ public struct SpecialTokens: Equatable, Sendable {
                 content = nil
             }
             guard let content else {
-                throw ILAError(file: displayName(tokConfigPath), "\(key) is neither a string nor {\"content\": ...}")
+                throw ILAError(file: tokConfigPath, "\(key) is neither a string nor {\"content\": ...}")
             }
             guard let id = tokenizer.tokenID(for: content) else {
-                throw ILAError(file: displayName(tokConfigPath), "\(key) \(content.debugDescription) is not in the tokenizer's vocabulary")
+                throw ILAError(file: tokConfigPath, "\(key) \(content.debugDescription) is not in the tokenizer's vocabulary")
             }
             return id
         }

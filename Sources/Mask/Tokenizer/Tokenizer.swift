@@ -48,7 +48,7 @@ public final class Tokenizer: @unchecked Sendable {
         let file = FileManager.default.fileExists(atPath: path, isDirectory: &isDir) && isDir.boolValue
             ? (path as NSString).appendingPathComponent("tokenizer.json") : path
         self.path = file
-        let name = displayName(file)
+        let name = file
         let json = try JSONValue.read(file)
         guard json.isObject else { throw ILAError(file: name, "top level is not a JSON object") }
         guard let modelJSON = json["model"], modelJSON.isObject else {

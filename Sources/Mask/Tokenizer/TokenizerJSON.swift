@@ -41,7 +41,7 @@ enum JSONValue {
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path))
         } catch {
-            throw ILAError(file: displayName(path), FileManager.default.fileExists(atPath: path) ? "cannot read" : "no such file")
+            throw ILAError(file: path, FileManager.default.fileExists(atPath: path) ? "cannot read" : "no such file")
         }
         do {
             return try data.withUnsafeBytes { raw in
@@ -49,7 +49,7 @@ enum JSONValue {
                 return try p.document()
             }
         } catch let e as JSONParser.Failure {
-            throw ILAError(file: displayName(path), "not valid JSON (\(e.reason) at byte \(e.offset))")
+            throw ILAError(file: path, "not valid JSON (\(e.reason) at byte \(e.offset))")
         }
     }
 }
