@@ -55,6 +55,11 @@ final class MaskCommandTests: XCTestCase {
         try "{\"instruction\": \"a\", \"output\": \"b\"}\n{not json\n".write(toFile: bad, atomically: true, encoding: .utf8)
         r = try CommandRunner.run("ila-mask", ["eval", "--base", "\(tiny)/base-A", "--data", bad])
         assertOneLineError(r, mentions: "bad.jsonl:2")
+        // Pre-tokenized ids beyond the model's vocabulary name the data file.
+        let big = tmp.path("big.jsonl")
+        try "{\"input_ids\": [1, 5, 9999], \"labels\": [-100, 5, 9999]}\n".write(toFile: big, atomically: true, encoding: .utf8)
+        r = try CommandRunner.run("ila-mask", ["eval", "--base", "\(tiny)/base-A", "--data", big])
+        assertOneLineError(r, mentions: "big.jsonl")
         // Deltas of another model (base-B's shapes differ from base-A's).
         r = try CommandRunner.run("ila-mask", ["eval", "--base", "\(tiny)/base-B", "--deltas", deltas, "--data", "\(data)/pyapi.eval.jsonl"])
         assertOneLineError(r, mentions: "shape")

@@ -28,7 +28,14 @@ public final class BaseModel: @unchecked Sendable {
     /// Tokenized rows of a JSONL file for this model.
     public func rows(path: String, template: PromptTemplate, seqLen: Int, limit: Int? = nil) throws -> [TokenizedRow] {
         let (tok, special) = try tokenizer()
-        return try loadInstructionRows(path: path, template: template, tokenizer: tok, special: special,
-                                       seqLen: seqLen, limit: limit)
+        let rows = try loadInstructionRows(path: path, template: template, tokenizer: tok, special: special,
+                                           seqLen: seqLen, limit: limit)
+        // Pre-tokenized rows and a tokenizer larger than the model can hold ids the model lacks.
+        for (n, row) in rows.enumerated() {
+            if let bad = (row.ids + row.labels.filter { $0 != -100 }).first(where: { $0 < 0 || $0 >= config.vocabSize }) {
+                throw ILAError(file: path, "row \(n + 1): token id \(bad) is outside the model's vocabulary of \(config.vocabSize)")
+            }
+        }
+        return rows
     }
 }
