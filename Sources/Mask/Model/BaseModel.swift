@@ -33,7 +33,7 @@ public final class BaseModel: @unchecked Sendable {
         // Pre-tokenized rows and a tokenizer larger than the model can hold ids the model lacks.
         for (n, row) in rows.enumerated() {
             if let bad = (row.ids + row.labels.filter { $0 != -100 }).first(where: { $0 < 0 || $0 >= config.vocabSize }) {
-                throw ILAError(file: path, "row \(n + 1): token id \(bad) is outside the model's vocabulary of \(config.vocabSize)")
+                throw ILAError(file: path, "row \(n + 1): token id \(bad) is outside the vocabulary of the model (\(config.vocabSize) tokens)")
             }
         }
         return rows
