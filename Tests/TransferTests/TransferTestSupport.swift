@@ -54,21 +54,10 @@ func writeTinyCheckpoint(blocks: Int, kinds: [String] = allKinds, to path: Strin
         }
         if kinds.contains("q_proj") { names.append(layerName(b, "q_proj") + ".bias") }
     }
-    var header: [String] = ["\"__metadata__\":{\"format\":\"pt\"}"]
-    var offset = 0
-    for n in names {
+    try SafetensorsWriter.write(names.map { n in
         let oneD = n.hasSuffix("norm.weight") || n.hasSuffix(".bias")
-        let shape = oneD ? "[2]" : "[2,2]"
-        let bytes = oneD ? 8 : 16
-        header.append("\"\(n)\":{\"dtype\":\"F32\",\"shape\":\(shape),\"data_offsets\":[\(offset),\(offset + bytes)]}")
-        offset += bytes
-    }
-    var h = Array(("{" + header.joined(separator: ",") + "}").utf8)
-    while h.count % 8 != 0 { h.append(0x20) }
-    var bytes: [UInt8] = (0..<8).map { UInt8((UInt64(h.count) >> (8 * UInt64($0))) & 0xFF) }
-    bytes += h
-    bytes += [UInt8](repeating: 0, count: offset)
-    try Data(bytes).write(to: URL(fileURLWithPath: path))
+        return (name: n, shape: oneD ? [2] : [2, 2], values: [Float](repeating: 0, count: oneD ? 2 : 4))
+    }, to: path)
     return layers
 }
 
