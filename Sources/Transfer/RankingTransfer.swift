@@ -54,9 +54,7 @@ public struct RankingTransfer: Sendable {
         // Source scores by (block, kind); two layers for one slot would make the transfer ambiguous.
         var source: [Int: [LayerKind: Ranking.Layer]] = [:]
         for l in ranking.layers {
-            guard let kind = LayerKind(rawValue: l.kind) else {
-                throw ILAError(file: rankingPath, "layer \(l.name): unknown kind \(l.kind)")
-            }
+            let kind = LayerKind(l.kind)
             if let other = source[l.block]?[kind] {
                 throw ILAError(file: rankingPath, "layers \(other.name) and \(l.name) both are \(l.kind) of block \(l.block); cannot tell which to transfer")
             }
@@ -66,10 +64,10 @@ public struct RankingTransfer: Sendable {
         // Every kind of the target must be scored in the source.
         let sourceKinds = Set(source.values.flatMap(\.keys))
         let targetKinds = Set(targets.map(\.kind))
-        let missing = LayerKind.allCases.filter { targetKinds.contains($0) && !sourceKinds.contains($0) }
+        let missing = LayerKind.ordered(targetKinds.subtracting(sourceKinds))
         if !missing.isEmpty {
             let example = targets.first { $0.kind == missing[0] }?.name ?? missing[0].rawValue
-            let covered = LayerKind.allCases.filter(sourceKinds.contains).map(\.rawValue).joined(separator: ", ")
+            let covered = LayerKind.ordered(sourceKinds).map(\.rawValue).joined(separator: ", ")
             throw ILAError(file: rankingPath,
                            "has no \(missing.map(\.rawValue).joined(separator: ", ")) scores, but the target \(targetPath) has "
                            + "\(missing.count == 1 ? "that kind" : "those kinds") (e.g. \(example)); the ranking covers only \(covered)")

@@ -45,7 +45,7 @@ struct BenchCommand: ParsableCommand {
                 adam.update(&s, grad: v.gradient)
             }
             // OpenBLAS sgemm at the model's largest linear shape with this batch's tokens.
-            let c = base.config
+            let c = base.spec
             let (m, k, nn) = (tokens, c.hiddenSize, c.intermediateSize)
             let a = FloatBuffer(m * k), b = FloatBuffer(nn * k), out = FloatBuffer(m * nn)
             for i in 0..<a.count { a[i] = Float(i % 7) * 0.1 }
@@ -57,9 +57,9 @@ struct BenchCommand: ParsableCommand {
             BLAS.threads = engineBLASThreads
             let gemmGflops = 2.0 * Double(m * k * nn) / g / 1e9
             // Forward FLOPs: linear layers, attention (QKᵀ and PV, full square), lm_head on loss positions.
-            let linear = LayerKind.allCases.map { c.shape(of: $0) }.map { $0.out * $0.in }.reduce(0, +) * c.numHiddenLayers
+            let linear = c.linears.map { $0.outFeatures * $0.inFeatures }.reduce(0, +) * c.blocks
             var flops = 2.0 * Double(tokens) * Double(linear)
-            for r in data { flops += 4.0 * Double(r.ids.count * r.ids.count) * Double(c.qDim) * Double(c.numHiddenLayers) }
+            for r in data { flops += 4.0 * Double(r.ids.count * r.ids.count) * Double(c.qDim) * Double(c.blocks) }
             let lossTokens = data.map { r in r.labels.dropFirst().filter { $0 != -100 }.count }.reduce(0, +)
             flops += 2.0 * Double(lossTokens) * Double(c.hiddenSize * c.vocabSize)
             let o: [String: Any] = [

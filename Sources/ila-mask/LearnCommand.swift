@@ -155,8 +155,8 @@ struct LearnCommand: ParsableCommand {
                                               seqLen: model.seqLen, seed: seed, template: model.template.rawValue)
             var ranking = Ranking.from(scores: Array(zip(engine.maskedLayers, state.scores)),
                                        gammas: state.scores.map(MaskObjective.sigmoid),
-                                       architecture: base.config.architectures.first ?? base.config.modelType,
-                                       blocks: base.config.numHiddenLayers,
+                                       architecture: base.spec.architecture,
+                                       blocks: base.spec.blocks,
                                        source: Ranking.Source(base: model.base, deltas: store?.path ?? "", data: model.data,
                                                               tool: "ila-mask \(ilaVersion)"),
                                        objective: objective, history: state.history)

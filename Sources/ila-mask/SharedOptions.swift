@@ -28,7 +28,7 @@ struct ModelDataOptions: ParsableArguments {
     }
 
     /// Loads the base model and the deltas (in the store's canonical order) into an engine.
-    func loadEngine(requireDeltas: Bool) throws -> (BaseModel, LlamaEngine, DeltaStore?) {
+    func loadEngine(requireDeltas: Bool) throws -> (BaseModel, TransformerEngine, DeltaStore?) {
         if requireDeltas && deltas == nil { throw ILAError("--deltas is required") }
         let model = try BaseModel(path: base)
         var loaded: [LayerDelta] = []
@@ -39,7 +39,7 @@ struct ModelDataOptions: ParsableArguments {
             store = s
         }
         do {
-            let engine = try LlamaEngine(weights: model.weights, deltas: loaded, maxSequenceLength: max(seqLen, 1))
+            let engine = try TransformerEngine(weights: model.weights, deltas: loaded, maxSequenceLength: max(seqLen, 1))
             return (model, engine, store)
         } catch let e as ILAError {
             throw ILAError(file: deltas ?? base, "does not fit base \(base): \(e.message)")
@@ -48,7 +48,7 @@ struct ModelDataOptions: ParsableArguments {
 }
 
 /// Runs the engine over rows in chunks, with a progress bar on a terminal.
-func evaluateWithProgress(_ engine: LlamaEngine, rows: [TokenizedRow], gamma: [Float], label: String) throws -> EngineResult {
+func evaluateWithProgress(_ engine: TransformerEngine, rows: [TokenizedRow], gamma: [Float], label: String) throws -> EngineResult {
     let chunk = 16
     let progress = ProgressBar(total: rows.count, label: label)
     var total = EngineResult(nllSum: 0, tokens: 0, rows: 0, dNllSumDGamma: [])

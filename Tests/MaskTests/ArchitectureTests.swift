@@ -7,9 +7,11 @@ import XCTest
 /// Engine on small models the test builds (Qwen2-style q/k/v biases, GQA, untied lm_head),
 /// against a naive loop implementation of the Llama math written here independently.
 final class ArchitectureTests: XCTestCase {
-    struct Model {
-        var config: LlamaConfig
-        var tensors: [String: (shape: [Int], values: [Float])]
+    /// What the naive loop needs, written down by the test (not read from the engine's spec).
+    struct NaiveConfig {
+        var hiddenSize = 24, headDim = 4, numAttentionHeads = 6, numKeyValueHeads = 2, numHiddenLayers = 2
+        var intermediateSize = 40, vocabSize = 50, rmsNormEps = 1e-6, ropeTheta = 1000.0
+        var attentionBias: Bool
     }
 
     /// Deterministic pseudo-random values in [-scale, scale].
@@ -61,7 +63,7 @@ final class ArchitectureTests: XCTestCase {
 
     // MARK: naive reference (Double, plain loops)
 
-    func naiveNLL(_ w: [String: [Float]], _ c: LlamaConfig, ids: [Int], labels: [Int],
+    func naiveNLL(_ w: [String: [Float]], _ c: NaiveConfig, ids: [Int], labels: [Int],
                   delta: (name: String, values: [Float], gamma: Double)?) -> (sum: Double, count: Int) {
         let H = c.hiddenSize, hd = c.headDim, nh = c.numAttentionHeads, nkv = c.numKeyValueHeads, L = ids.count
         func W(_ n: String) -> [Double] {
@@ -147,8 +149,10 @@ final class ArchitectureTests: XCTestCase {
         let tmp = TempDir("ila-arch")
         defer { tmp.remove() }
         let (model, w) = try makeModel(dir: tmp.url.path, qwen: qwen)
-        XCTAssertEqual(model.config.attentionBias, qwen)
-        XCTAssertFalse(model.config.tieWordEmbeddings)
+        XCTAssertEqual(model.spec.linear(.q_proj)?.bias, qwen)
+        XCTAssertEqual(model.spec.linear(.o_proj)?.bias, false)
+        XCTAssertFalse(model.spec.tieWordEmbeddings)
+        let naive = NaiveConfig(attentionBias: qwen)
         let rows = [TokenizedRow(ids: [1, 7, 9, 30, 4, 12, 2], labels: [-100, -100, -100, 30, 4, 12, 2]),
                     TokenizedRow(ids: [1, 44, 3, 3, 18], labels: [-100, 44, 3, 3, 18])]
         // A full delta on q_proj of block 1 and on down_proj of block 0.
@@ -156,16 +160,16 @@ final class ArchitectureTests: XCTestCase {
         let names = ["model.layers.1.self_attn.q_proj", "model.layers.0.mlp.down_proj"]
         let deltas = try names.map { n -> LayerDelta in
             let l = try XCTUnwrap(LinearLayer(name: n))
-            let s = model.config.shape(of: l.kind)
+            let s = try XCTUnwrap(model.spec.shape(of: l.kind))
             return LayerDelta(layer: l, outFeatures: s.out, inFeatures: s.in,
                               payload: .full(Self.values(s.out * s.in, seed: &seed, scale: 0.2)), normDelta: 1, normBase: 1)
         }
-        let engine = try LlamaEngine(weights: model.weights, deltas: deltas)
+        let engine = try TransformerEngine(weights: model.weights, deltas: deltas)
         for gamma in [0.0, 0.6] {
             let r = try engine.evaluate(rows: rows, gamma: [Float(gamma), 0])
             var sum = 0.0, count = 0
             for row in rows {
-                let n = naiveNLL(w, model.config, ids: row.ids, labels: row.labels,
+                let n = naiveNLL(w, naive, ids: row.ids, labels: row.labels,
                                  delta: (names[0] + ".weight", deltas[0].dense(), gamma))
                 sum += n.sum
                 count += n.count
@@ -182,7 +186,7 @@ final class ArchitectureTests: XCTestCase {
                     var ww = w
                     let other = deltas[1 - i].dense()
                     ww[names[1 - i] + ".weight"] = zip(w[names[1 - i] + ".weight"]!, other).map { $0 + 0.5 * $1 }
-                    return naiveNLL(ww, model.config, ids: row.ids, labels: row.labels,
+                    return naiveNLL(ww, naive, ids: row.ids, labels: row.labels,
                                     delta: (name + ".weight", deltas[i].dense(), gamma)).sum
                 }.reduce(0, +)
             }
@@ -197,31 +201,40 @@ final class ArchitectureTests: XCTestCase {
     func testConfigVariantsAndRefusals() throws {
         let tmp = TempDir("ila-cfg")
         defer { tmp.remove() }
-        func load(_ obj: [String: Any]) throws -> LlamaConfig {
+        func load(_ obj: [String: Any]) throws -> TransformerSpec {
             let p = tmp.path("config.json")
             try JSONSerialization.data(withJSONObject: obj).write(to: URL(fileURLWithPath: p))
-            return try LlamaConfig.load(path: p)
+            return try Architectures.load(configAt: p)
         }
         let base: [String: Any] = ["architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2,
                                    "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 100]
         var c = try load(base)
         XCTAssertEqual(c.headDim, 16)
-        XCTAssertEqual(c.numKeyValueHeads, 4)
-        XCTAssertEqual(c.ropeTheta, 10000)
+        XCTAssertEqual(c.kvHeads, 4)
+        XCTAssertEqual(c.layers[0].rope.frequencies(length: 1).invFreq[1], 1 / powf(10000, 2 / 16), accuracy: 1e-9)
         var o = base; o["rope_parameters"] = ["rope_theta": 500000.0, "rope_type": "default"]; o["head_dim"] = 32
         o["eos_token_id"] = [7, 8]
         c = try load(o)
-        XCTAssertEqual(c.ropeTheta, 500000)
+        XCTAssertEqual(c.layers[0].rope.frequencies(length: 1).invFreq[1], 1 / powf(500000, 2 / 32), accuracy: 1e-9)
         XCTAssertEqual(c.headDim, 32)
         XCTAssertEqual(c.eosTokenId, 7)
+        o = base; o["attention_bias"] = true
+        c = try load(o)
+        XCTAssertEqual(c.linears.filter(\.bias).map(\.kind), [.q_proj, .k_proj, .v_proj, .o_proj])
         o = base; o["architectures"] = ["GPT2LMHeadModel"]
         XCTAssertThrowsError(try load(o)) { XCTAssertTrue("\($0)".contains("GPT2LMHeadModel")) }
         o = base; o["num_key_value_heads"] = 3
         XCTAssertThrowsError(try load(o)) { XCTAssertTrue("\($0)".contains("num_key_value_heads")) }
         o = base; o.removeValue(forKey: "hidden_size")
         XCTAssertThrowsError(try load(o)) { XCTAssertTrue("\($0)".contains("hidden_size")) }
-        o = base; o["rope_scaling"] = ["rope_type": "yarn", "factor": 4.0]
-        XCTAssertThrowsError(try load(o)) { XCTAssertTrue("\($0)".contains("yarn")) }
+        o = base; o["rope_scaling"] = ["rope_type": "su", "factor": 4.0]
+        XCTAssertThrowsError(try load(o)) { XCTAssertTrue("\($0)".contains("rope type su"), "\($0)") }
+        o = base; o["hidden_act"] = "relu2"
+        XCTAssertThrowsError(try load(o)) { XCTAssertTrue("\($0)".contains("hidden_act relu2"), "\($0)") }
+        o = base; o["num_local_experts"] = 8
+        XCTAssertThrowsError(try load(o)) { XCTAssertTrue("\($0)".contains("num_local_experts"), "\($0)") }
+        o = base; o["architectures"] = ["Gemma2ForCausalLM"]; o["use_bidirectional_attention"] = true
+        XCTAssertThrowsError(try load(o)) { XCTAssertTrue("\($0)".contains("use_bidirectional_attention"), "\($0)") }
     }
 
     func testWeightLoaderNamesMissingAndUnexpectedTensors() throws {
@@ -229,14 +242,15 @@ final class ArchitectureTests: XCTestCase {
         defer { tmp.remove() }
         _ = try makeModel(dir: tmp.url.path, qwen: false)
         let ckpt = try ModelCheckpoint(path: tmp.url.path)
-        var cfg = try LlamaConfig.load(path: tmp.path("config.json"))
-        cfg.attentionBias = true
-        XCTAssertThrowsError(try LlamaWeights.load(config: cfg, checkpoint: ckpt)) {
+        var spec = try Architectures.load(configAt: tmp.path("config.json"))
+        let plain = spec
+        spec.linears[0].bias = true
+        XCTAssertThrowsError(try ModelWeights.load(spec: spec, checkpoint: ckpt)) {
             XCTAssertTrue("\($0)".contains("missing tensor model.layers.0.self_attn.q_proj.bias"), "\($0)")
         }
-        cfg.attentionBias = false
-        cfg.numHiddenLayers = 1
-        XCTAssertThrowsError(try LlamaWeights.load(config: cfg, checkpoint: ckpt)) {
+        spec = plain
+        spec.blocks = 1
+        XCTAssertThrowsError(try ModelWeights.load(spec: spec, checkpoint: ckpt)) {
             XCTAssertTrue("\($0)".contains("unexpected tensor model.layers.1."), "\($0)")
         }
     }

@@ -25,11 +25,11 @@ enum Fixtures {
 }
 
 /// Loads base + aligned into an engine, with deltas straight from the checkpoints.
-func makeEngine(set: String, aligned: String) throws -> (BaseModel, LlamaEngine, [LayerDelta]) {
+func makeEngine(set: String, aligned: String) throws -> (BaseModel, TransformerEngine, [LayerDelta]) {
     let base = try BaseModel(path: set + "/base-A")
     let computer = try DeltaComputer(base: base.checkpoint, aligned: try AlignedCheckpoint.open(set + "/" + aligned))
     let deltas = try computer.layers.map { try computer.delta(for: $0) }
-    return (base, try LlamaEngine(weights: base.weights, deltas: deltas), deltas)
+    return (base, try TransformerEngine(weights: base.weights, deltas: deltas), deltas)
 }
 
 final class EngineTests: XCTestCase {

@@ -8,10 +8,10 @@ import XCTest
 
 /// Shared by ExportTests and ExportCommandTests.
 enum ExportFixtures {
-    static let kinds = LayerKind.allCases.map(\.rawValue)
+    static let kinds = LayerKind.llama.map(\.rawValue)
 
     static func layerName(_ block: Int, _ kind: String) -> String {
-        "model.layers.\(block).\(LayerKind(rawValue: kind)!.parent).\(kind)"
+        "model.layers.\(block).\(kind.hasSuffix("_proj") && ["gate_proj", "up_proj", "down_proj", "gate_up_proj"].contains(kind) ? "mlp" : "self_attn").\(kind)"
     }
 
     /// A ranking over `blocks` × 7 layers with deterministic pseudo-random scores.

@@ -52,7 +52,7 @@ final class LearnTests: XCTestCase {
                                payload: .full([Float](repeating: 0, count: d.outFeatures * d.inFeatures)),
                                normDelta: 0, normBase: d.normBase)
         }
-        let engine = try LlamaEngine(weights: base.weights, deltas: ds)
+        let engine = try TransformerEngine(weights: base.weights, deltas: ds)
         let rows = try base.rows(path: Fixtures.data + "/pyapi.train.jsonl", template: .alpaca, seqLen: 64, limit: 40)
         return (try MaskLearner(engine: engine, rows: rows, lambda: 1), ds.map(\.layer.name))
     }

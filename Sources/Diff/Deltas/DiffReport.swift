@@ -58,7 +58,7 @@ public struct DiffReport: Sendable {
             return r
         }
         var kindRows: [[String]] = []
-        for k in LayerKind.allCases {
+        for k in LayerKind.ordered(layers.map(\.layer.kind)) {
             let ls = layers.filter { $0.layer.kind == k }
             guard !ls.isEmpty else { continue }
             let rel = ls.map(\.relChange)

@@ -3,36 +3,41 @@ import ILADiff
 
 // Each op's forward and backward side by side, on row-major buffers (llm.c style).
 // T = tokens of the micro-batch, H = hidden size. Backward functions ADD into their input
-// gradients unless they say otherwise.
+// gradients unless they say otherwise. Strides (ld*) are in floats between consecutive tokens.
 
 typealias FPtr = UnsafeMutablePointer<Float>
 typealias CPtr = UnsafePointer<Float>
 
-// MARK: RMSNorm  y = x · rsqrt(mean(x²) + eps) · w
+// MARK: RMSNorm  y = x · rsqrt(mean(x²) + eps) · w   (w already 1 + w for Gemma)
 
 /// out [T, H], rstd [T] (saved for backward), x [T, H], w [H].
 func rmsnormForward(_ out: FPtr, _ rstd: FPtr, _ x: CPtr, _ w: CPtr, T: Int, H: Int, eps: Float) {
     parallelFor(T, minChunk: 64) { range in for t in range {
-        let xr = x + t * H, o = out + t * H
-        var ss: Float = 0
-        for i in 0..<H { ss += xr[i] * xr[i] }
-        let r = 1 / (ss / Float(H) + eps).squareRoot()
-        rstd[t] = r
-        for i in 0..<H { o[i] = (xr[i] * r) * w[i] }
+        rmsnormRow(out + t * H, &rstd[t], x + t * H, w, n: H, eps: eps)
     } }
 }
 
 /// dx [T, H] += d(rmsnorm)/dx · dout.
 func rmsnormBackward(_ dx: FPtr, _ dout: CPtr, _ x: CPtr, _ rstd: CPtr, _ w: CPtr, T: Int, H: Int) {
     parallelFor(T, minChunk: 64) { range in for t in range {
-        let xr = x + t * H, d = dout + t * H, g = dx + t * H
-        let r = rstd[t]
-        // xhat = x·r; dxhat = dout·w; dx = r·(dxhat − xhat·mean(dxhat·xhat))
-        var dot: Float = 0
-        for i in 0..<H { dot += d[i] * w[i] * xr[i] * r }
-        let m = dot / Float(H)
-        for i in 0..<H { g[i] += r * (d[i] * w[i] - xr[i] * r * m) }
+        rmsnormRowBackward(dx + t * H, dout + t * H, x + t * H, rstd[t], w, n: H)
     } }
+}
+
+@inline(__always) func rmsnormRow(_ o: FPtr, _ rstd: inout Float, _ x: CPtr, _ w: CPtr, n: Int, eps: Float) {
+    var ss: Float = 0
+    for i in 0..<n { ss += x[i] * x[i] }
+    let r = 1 / (ss / Float(n) + eps).squareRoot()
+    rstd = r
+    for i in 0..<n { o[i] = (x[i] * r) * w[i] }
+}
+
+/// xhat = x·r; dxhat = dout·w; dx += r·(dxhat − xhat·mean(dxhat·xhat))
+@inline(__always) func rmsnormRowBackward(_ g: FPtr, _ d: CPtr, _ x: CPtr, _ r: Float, _ w: CPtr, n: Int) {
+    var dot: Float = 0
+    for i in 0..<n { dot += d[i] * w[i] * x[i] * r }
+    let m = dot / Float(n)
+    for i in 0..<n { g[i] += r * (d[i] * w[i] - x[i] * r * m) }
 }
 
 // MARK: Parallel GEMM
@@ -54,140 +59,182 @@ func pgemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int, a
 
 // MARK: Linear  y = x · Wᵀ (+ b)
 
-/// out [T, O] = x [T, I] · w[O, I]ᵀ (+ bias [O]).
-func linearForward(_ out: FPtr, _ x: CPtr, _ w: CPtr, _ bias: CPtr?, T: Int, I: Int, O: Int) {
-    pgemm(transB: true, m: T, n: O, k: I, x, w, out)
+/// out [T, O] (row stride ldOut) = x [T, I] · w[O, I]ᵀ (+ bias [O]); with `accumulate` adds to out.
+func linearForward(_ out: FPtr, ldOut: Int, _ x: CPtr, _ w: CPtr, _ bias: CPtr?, T: Int, I: Int, O: Int, accumulate: Bool = false) {
+    pgemm(transB: true, m: T, n: O, k: I, x, w, beta: accumulate ? 1 : 0, out, ldc: ldOut)
     if let bias {
-        for t in 0..<T { let o = out + t * O; for j in 0..<O { o[j] += bias[j] } }
-    }
-}
-
-/// dx [T, I] += dout [T, O] · w [O, I].
-func linearBackwardInput(_ dx: FPtr, _ dout: CPtr, _ w: CPtr, T: Int, I: Int, O: Int) {
-    pgemm(m: T, n: I, k: O, dout, w, beta: 1, dx)
-}
-
-// MARK: Rotary embedding (rotate-half: pairs i and i + d/2)
-
-/// cos/sin tables [positions, d/2] as transformers computes them in float32.
-struct RopeTables {
-    let cos: [Float]
-    let sin: [Float]
-    let half: Int
-
-    init(positions: Int, headDim: Int, theta: Double) {
-        half = headDim / 2
-        var c = [Float](repeating: 0, count: positions * half), s = c
-        for i in 0..<half {
-            let invFreq: Float = 1 / powf(Float(theta), Float(2 * i) / Float(headDim))
-            for p in 0..<positions {
-                let a = Float(p) * invFreq
-                c[p * half + i] = Float(Foundation.cos(Double(a)))
-                s[p * half + i] = Float(Foundation.sin(Double(a)))
-            }
-        }
-        cos = c
-        sin = s
-    }
-}
-
-/// Rotates x in place: x [L, stride] holding `heads` heads of size 2·half from column 0, one
-/// row per position 0..<L.
-func ropeForward(_ x: FPtr, L: Int, stride: Int, heads: Int, _ rope: RopeTables) {
-    let half = rope.half
-    for p in 0..<L {
-        let c = rope.cos.withUnsafeBufferPointer { $0.baseAddress! + p * half }
-        let s = rope.sin.withUnsafeBufferPointer { $0.baseAddress! + p * half }
-        for h in 0..<heads {
-            let v = x + p * stride + h * 2 * half
-            for i in 0..<half {
-                let a = v[i], b = v[i + half]
-                v[i] = a * c[i] - b * s[i]
-                v[i + half] = b * c[i] + a * s[i]
-            }
+        parallelFor(T, minChunk: 256) { range in
+            for t in range { let o = out + t * ldOut; for j in 0..<O { o[j] += bias[j] } }
         }
     }
 }
 
-/// The transpose rotation, in place on the gradient.
-func ropeBackward(_ dx: FPtr, L: Int, stride: Int, heads: Int, _ rope: RopeTables) {
-    let half = rope.half
-    for p in 0..<L {
-        let c = rope.cos.withUnsafeBufferPointer { $0.baseAddress! + p * half }
-        let s = rope.sin.withUnsafeBufferPointer { $0.baseAddress! + p * half }
-        for h in 0..<heads {
-            let v = dx + p * stride + h * 2 * half
-            for i in 0..<half {
-                let a = v[i], b = v[i + half]
-                v[i] = a * c[i] + b * s[i]
-                v[i + half] = b * c[i] - a * s[i]
+/// dx [T, I] += dout [T, O] (row stride ldOut) · w [O, I].
+func linearBackwardInput(_ dx: FPtr, _ dout: CPtr, ldOut: Int, _ w: CPtr, T: Int, I: Int, O: Int) {
+    pgemm(m: T, n: I, k: O, dout, lda: ldOut, w, beta: 1, dx)
+}
+
+// MARK: Per-head RMSNorm of q and k (Qwen3, Gemma 3)
+
+/// For L tokens, `heads` heads of size d at x + t·ldX + h·d: out (stride ldOut) = norm, rstd [L, heads].
+func headNormForward(_ out: FPtr, ldOut: Int, _ rstd: FPtr, _ x: CPtr, ldX: Int, _ w: CPtr, L: Int, heads: Int, d: Int, eps: Float) {
+    for t in 0..<L { for h in 0..<heads {
+        rmsnormRow(out + t * ldOut + h * d, &rstd[t * heads + h], x + t * ldX + h * d, w, n: d, eps: eps)
+    } }
+}
+
+/// dx (stride ldX) += d(norm)/dx · dout (stride ldOut).
+func headNormBackward(_ dx: FPtr, ldX: Int, _ dout: CPtr, ldOut: Int, _ x: CPtr, _ rstd: CPtr, _ w: CPtr, L: Int, heads: Int, d: Int) {
+    for t in 0..<L { for h in 0..<heads {
+        rmsnormRowBackward(dx + t * ldX + h * d, dout + t * ldOut + h * d, x + t * ldX + h * d, rstd[t * heads + h], w, n: d)
+    } }
+}
+
+// MARK: Rotary embedding (rotate-half: pairs i and i + rotaryDim/2 of each head's first rotaryDim features)
+
+/// Rotates x in place: x [L, stride] holding `heads` heads of size `rope.headDim` from column 0,
+/// one row per position 0..<L. `inverse` applies the transpose rotation (the backward pass).
+func ropeApply(_ x: FPtr, L: Int, stride: Int, heads: Int, _ rope: RopeTables, inverse: Bool = false) {
+    let half = rope.half, hd = rope.headDim
+    let sign: Float = inverse ? -1 : 1
+    rope.cos.withUnsafeBufferPointer { cosAll in
+        rope.sin.withUnsafeBufferPointer { sinAll in
+            guard let cb = cosAll.baseAddress, let sb = sinAll.baseAddress else { return }
+            for p in 0..<L {
+                let c = cb + p * half, s = sb + p * half
+                for h in 0..<heads {
+                    let v = x + p * stride + h * hd
+                    for i in 0..<half {
+                        let a = v[i], b = v[i + half], si = sign * s[i]
+                        v[i] = a * c[i] - b * si
+                        v[i + half] = b * c[i] + a * si
+                    }
+                }
             }
         }
     }
 }
 
-// MARK: Causal grouped-query attention for one row and one key/value head group
+// MARK: Causal grouped-query attention for one row and one head
 
-/// Row-local views: q [L, qStride], k/v [L, kvStride]; heads `h0..<h0+n` share kv head `g`.
+/// Row-local views with their row strides: q, k, v and the output of one head.
 struct AttentionRow {
     let L: Int
     let headDim: Int
     let qStride: Int
-    let kvStride: Int
+    let kStride: Int
+    let vStride: Int
+    let outStride: Int
     let scale: Float
+    /// cap · tanh(s / cap) of the scaled logits (Gemma 2), or nil.
+    let softcap: Float?
+    /// A query at i sees keys j with i − window < j ≤ i; nil = all j ≤ i.
+    let window: Int?
+
+    @inline(__always) func firstKey(_ i: Int) -> Int { window.map { max(0, i - $0 + 1) } ?? 0 }
 }
 
-/// P [L, L] = softmax(scale · Q_h K_gᵀ) with the causal mask (entries above the diagonal = 0).
-func attentionProbs(_ P: FPtr, _ q: CPtr, _ k: CPtr, _ a: AttentionRow) {
+/// P [L, L] = softmax(softcap(scale · Q_h K_gᵀ)) over the visible keys (the rest = 0). With a
+/// soft-cap, `capped` [L, L] receives tanh(s / cap) for the backward pass.
+func attentionProbs(_ P: FPtr, _ capped: FPtr?, _ q: CPtr, _ k: CPtr, _ a: AttentionRow) {
     let L = a.L
-    BLAS.gemm(transB: true, m: L, n: L, k: a.headDim, alpha: a.scale, q, lda: a.qStride, k, ldb: a.kvStride, P)
+    BLAS.gemm(transB: true, m: L, n: L, k: a.headDim, alpha: a.scale, q, lda: a.qStride, k, ldb: a.kStride, P)
     for i in 0..<L {
-        let row = P + i * L
+        let row = P + i * L, j0 = a.firstKey(i)
+        if let cap = a.softcap {
+            let tr = capped! + i * L
+            for j in j0...i { let t = tanhf(row[j] / cap); tr[j] = t; row[j] = t * cap }
+        }
         var mx = -Float.infinity
-        for j in 0...i { mx = max(mx, row[j]) }
+        for j in j0...i { mx = max(mx, row[j]) }
         var sum: Float = 0
-        for j in 0...i { let e = expf(row[j] - mx); row[j] = e; sum += e }
+        for j in j0...i { let e = expf(row[j] - mx); row[j] = e; sum += e }
         let inv = 1 / sum
-        for j in 0...i { row[j] *= inv }
+        for j in 0..<j0 { row[j] = 0 }
+        for j in j0...i { row[j] *= inv }
         for j in (i + 1)..<max(i + 1, L) { row[j] = 0 }
     }
 }
 
-/// out_h [L, headDim] (stride qStride) = P · V_g.
-func attentionForward(_ out: FPtr, _ P: FPtr, _ q: CPtr, _ k: CPtr, _ v: CPtr, _ a: AttentionRow) {
-    attentionProbs(P, q, k, a)
-    BLAS.gemm(m: a.L, n: a.headDim, k: a.L, P, v, ldb: a.kvStride, out, ldc: a.qStride)
+/// out_h [L, headDim] (stride outStride) = P · V_g.
+func attentionForward(_ out: FPtr, _ P: FPtr, _ capped: FPtr?, _ q: CPtr, _ k: CPtr, _ v: CPtr, _ a: AttentionRow) {
+    attentionProbs(P, capped, q, k, a)
+    BLAS.gemm(m: a.L, n: a.headDim, k: a.L, P, v, ldb: a.vStride, out, ldc: a.outStride)
 }
 
-/// Given dOut_h, recomputes P and adds dQ_h (overwrites), dK_g and dV_g (accumulates).
-/// P, dP: scratch [L, L].
-func attentionBackward(_ dq: FPtr, _ dk: FPtr, _ dv: FPtr, _ dout: CPtr,
-                       _ q: CPtr, _ k: CPtr, _ v: CPtr, _ P: FPtr, _ dP: FPtr, _ a: AttentionRow) {
+/// Given dOut_h, recomputes P and writes dQ_h (overwrites), adds dK_g and dV_g.
+/// P, dP (and `capped` with a soft-cap): scratch [L, L].
+func attentionBackward(_ dq: FPtr, _ dk: FPtr, _ dv: FPtr, _ dout: CPtr, _ q: CPtr, _ k: CPtr, _ v: CPtr,
+                       _ P: FPtr, _ dP: FPtr, _ capped: FPtr?, dqStride: Int, dkStride: Int, dvStride: Int, _ a: AttentionRow) {
     let L = a.L
-    attentionProbs(P, q, k, a)
+    attentionProbs(P, capped, q, k, a)
     // dV += Pᵀ · dOut ; dP = dOut · Vᵀ
-    BLAS.gemm(transA: true, m: L, n: a.headDim, k: L, P, lda: L, dout, ldb: a.qStride, beta: 1, dv, ldc: a.kvStride)
-    BLAS.gemm(transB: true, m: L, n: L, k: a.headDim, dout, lda: a.qStride, v, ldb: a.kvStride, dP)
-    // dS = P ∘ (dP − rowsum(dP ∘ P)), then the scale of S = scale·QKᵀ.
+    BLAS.gemm(transA: true, m: L, n: a.headDim, k: L, P, lda: L, dout, ldb: a.outStride, beta: 1, dv, ldc: dvStride)
+    BLAS.gemm(transB: true, m: L, n: L, k: a.headDim, dout, lda: a.outStride, v, ldb: a.vStride, dP)
+    // dS = P ∘ (dP − rowsum(dP ∘ P)), through the soft-cap (1 − tanh²), then the scale.
     for i in 0..<L {
-        let p = P + i * L, d = dP + i * L
+        let p = P + i * L, d = dP + i * L, j0 = a.firstKey(i)
         var s: Float = 0
-        for j in 0...i { s += p[j] * d[j] }
-        for j in 0...i { d[j] = p[j] * (d[j] - s) * a.scale }
+        for j in j0...i { s += p[j] * d[j] }
+        for j in j0...i { d[j] = p[j] * (d[j] - s) }
+        if a.softcap != nil {
+            let tr = capped! + i * L
+            for j in j0...i { d[j] *= 1 - tr[j] * tr[j] }
+        }
+        for j in j0...i { d[j] *= a.scale }
+        for j in 0..<j0 { d[j] = 0 }
         for j in (i + 1)..<max(i + 1, L) { d[j] = 0 }
     }
     // dQ = dS · K ; dK += dSᵀ · Q
-    BLAS.gemm(m: L, n: a.headDim, k: L, dP, k, ldb: a.kvStride, dq, ldc: a.qStride)
-    BLAS.gemm(transA: true, m: L, n: a.headDim, k: L, dP, lda: L, q, ldb: a.qStride, beta: 1, dk, ldc: a.kvStride)
+    BLAS.gemm(m: L, n: a.headDim, k: L, dP, k, ldb: a.kStride, dq, ldc: dqStride)
+    BLAS.gemm(transA: true, m: L, n: a.headDim, k: L, dP, lda: L, q, ldb: a.qStride, beta: 1, dk, ldc: dkStride)
 }
 
-// MARK: SwiGLU  h = silu(gate) · up
+// MARK: Gated MLP  h = act(gate) · up, gate and up packed as [T, 2I] = [gate | up]
 
 @inline(__always) func sigmoid(_ x: Float) -> Float { 1 / (1 + expf(-x)) }
 
-func swigluForward(_ h: FPtr, _ gate: CPtr, _ up: CPtr, n: Int) {
-    parallelFor(n, minChunk: 16384) { range in
-        for i in range { let g = gate[i]; h[i] = g * sigmoid(g) * up[i] }
+/// act(g) and act'(g).
+@inline(__always) func activation(_ kind: Activation, _ g: Float) -> (Float, Float) {
+    switch kind {
+    case .silu:
+        let s = sigmoid(g)
+        return (g * s, s * (1 + g * (1 - s)))
+    case .geluTanh:
+        // 0.5·g·(1 + tanh(√(2/π)·(g + 0.044715·g³))), as torch's gelu(approximate="tanh")
+        let c: Float = 0.7978845608028654, k: Float = 0.044715
+        let inner = c * (g + k * g * g * g)
+        let t = tanhf(inner)
+        let d = 0.5 * (1 + t) + 0.5 * g * (1 - t * t) * c * (1 + 3 * k * g * g)
+        return (0.5 * g * (1 + t), d)
+    case .gelu:
+        let cdf = 0.5 * (1 + erff(g * 0.7071067811865476))
+        let pdf = expf(-0.5 * g * g) * 0.3989422804014327
+        return (g * cdf, cdf + g * pdf)
+    }
+}
+
+/// h [T, I] = act(gate) · up from gateUp [T, 2I].
+func gatedForward(_ h: FPtr, _ gateUp: CPtr, T: Int, I: Int, _ kind: Activation) {
+    parallelFor(T, minChunk: max(1, 16384 / max(I, 1))) { range in
+        for t in range {
+            let g = gateUp + t * 2 * I, u = g + I, o = h + t * I
+            for i in 0..<I { o[i] = activation(kind, g[i]).0 * u[i] }
+        }
+    }
+}
+
+/// Writes (not adds) dGateUp [T, 2I] from dh [T, I].
+func gatedBackward(_ dGateUp: FPtr, _ dh: CPtr, _ gateUp: CPtr, T: Int, I: Int, _ kind: Activation) {
+    parallelFor(T, minChunk: max(1, 16384 / max(I, 1))) { range in
+        for t in range {
+            let g = gateUp + t * 2 * I, u = g + I, d = dh + t * I, dg = dGateUp + t * 2 * I, du = dg + I
+            for i in 0..<I {
+                let (a, da) = activation(kind, g[i])
+                du[i] = d[i] * a
+                dg[i] = d[i] * u[i] * da
+            }
+        }
     }
 }
 
@@ -196,21 +243,12 @@ func addInPlace(_ a: FPtr, _ b: CPtr, _ n: Int) {
     parallelFor(n, minChunk: 65536) { range in for i in range { a[i] += b[i] } }
 }
 
-/// Writes (not adds) dgate and dup from dh.
-func swigluBackward(_ dgate: FPtr, _ dup: FPtr, _ dh: CPtr, _ gate: CPtr, _ up: CPtr, n: Int) {
-    parallelFor(n, minChunk: 16384) { range in for i in range {
-        let g = gate[i], s = sigmoid(g)
-        let silu = g * s
-        dup[i] = dh[i] * silu
-        dgate[i] = dh[i] * up[i] * s * (1 + g * (1 - s))
-    } }
-}
-
 // MARK: Cross-entropy over selected positions
 
-/// For n hidden rows x [n, H] with targets, computes logits = x · lmHeadᵀ [n, V] into `logits`,
-/// returns Σ NLL, and (when `dx` is given) writes dx [n, H] = scale · (softmax − onehot) · lmHead.
-func crossEntropyForwardBackward(_ x: CPtr, targets: [Int32], lmHead: CPtr, V: Int, H: Int,
+/// For n hidden rows x [n, H] with targets, computes logits = x · lmHeadᵀ [n, V] into `logits`
+/// (soft-capped when `softcap` is set), returns Σ NLL, and (when `dx` is given) writes
+/// dx [n, H] = scale · d(NLL)/dx.
+func crossEntropyForwardBackward(_ x: CPtr, targets: [Int32], lmHead: CPtr, V: Int, H: Int, softcap: Float?,
                                  logits: FPtr, nll: FPtr?, dx: FPtr?, scale: Float) -> Double {
     let n = targets.count
     pgemm(transB: true, m: n, n: V, k: H, x, lmHead, logits)
@@ -218,10 +256,11 @@ func crossEntropyForwardBackward(_ x: CPtr, targets: [Int32], lmHead: CPtr, V: I
     // depend on how positions were split across threads.
     var losses = [Double](repeating: 0, count: n)
     losses.withUnsafeMutableBufferPointer { lp in
-        let lossOut = lp.baseAddress!
+        guard let lossOut = lp.baseAddress else { return }
         parallelFor(n, minChunk: 8) { range in
             for r in range {
                 let row = logits + r * V
+                if let cap = softcap { for j in 0..<V { row[j] = tanhf(row[j] / cap) * cap } }
                 var mx = -Float.infinity
                 for j in 0..<V { mx = max(mx, row[j]) }
                 var sum: Double = 0
@@ -233,8 +272,14 @@ func crossEntropyForwardBackward(_ x: CPtr, targets: [Int32], lmHead: CPtr, V: I
                 lossOut[r] = l
                 if dx != nil {
                     let inv = Float(1 / sum)
-                    for j in 0..<V { row[j] = expf(row[j] - mx) * inv * scale }
-                    row[t] -= scale
+                    for j in 0..<V {
+                        let c = row[j]
+                        var d = expf(c - mx) * inv * scale
+                        if j == t { d -= scale }
+                        // through cap·tanh(z/cap): dz = dc · (1 − (c/cap)²)
+                        if let cap = softcap { let th = c / cap; d *= 1 - th * th }
+                        row[j] = d
+                    }
                 }
             }
         }

@@ -143,7 +143,7 @@ public enum SelectionExporter {
                 blocksOfKind[c.kind, default: []].insert(c.block)
             }
             blockOrder.sort { (Int($0) ?? 0, $0) < (Int($1) ?? 0, $1) }
-            let kindRank = { (k: String) in LayerKind(rawValue: k)?.order ?? Int.max }
+            let kindRank = { (k: String) in LayerKind(k).order }
             kindOrder.sort { (kindRank($0), $0) < (kindRank($1), $1) }
 
             func render(blocks: [String], kinds: [String]) -> String {

@@ -50,7 +50,7 @@ enum SelectionFigure {
 
     static func svg(_ s: Selection, title: String?) -> String {
         // Rows: the kinds present, canonical order first, unknown kinds after.
-        var kinds: [String] = LayerKind.allCases.map(\.rawValue).filter { k in s.layers.contains { $0.kind == k } }
+        var kinds: [String] = LayerKind.ordered(s.layers.map { LayerKind($0.kind) }).map(\.rawValue)
         for l in s.layers where !kinds.contains(l.kind) { kinds.append(l.kind) }
         let blocks = max(s.blocks, (s.layers.map(\.block).max() ?? 0) + 1)
         var cell: [String: Selection.Entry] = [:]

@@ -1,19 +1,20 @@
 import Foundation
 import ILADiff
 
-/// A base model ready to run: its checkpoint, config.json, weights, and (when present) tokenizer.
+/// A base model ready to run: its checkpoint, its architecture description, weights, and
+/// (when present) tokenizer.
 public final class BaseModel: @unchecked Sendable {
     public let checkpoint: ModelCheckpoint
-    public let config: LlamaConfig
-    public let weights: LlamaWeights
+    public let spec: TransformerSpec
+    public let weights: ModelWeights
 
     public init(path: String) throws {
         checkpoint = try ModelCheckpoint(path: path)
         guard let configPath = checkpoint.sidecar("config.json") else {
             throw ILAError(file: path, "no config.json (the engine needs a model directory, not a bare .safetensors file)")
         }
-        config = try LlamaConfig.load(path: configPath)
-        weights = try LlamaWeights.load(config: config, checkpoint: checkpoint)
+        spec = try Architectures.load(configAt: configPath)
+        weights = try ModelWeights.load(spec: spec, checkpoint: checkpoint)
     }
 
     /// tokenizer.json and the BOS/EOS ids of this model.
@@ -32,8 +33,8 @@ public final class BaseModel: @unchecked Sendable {
                                            seqLen: seqLen, limit: limit)
         // Pre-tokenized rows and a tokenizer larger than the model can hold ids the model lacks.
         for (n, row) in rows.enumerated() {
-            if let bad = (row.ids + row.labels.filter { $0 != -100 }).first(where: { $0 < 0 || $0 >= config.vocabSize }) {
-                throw ILAError(file: path, "row \(n + 1): token id \(bad) is outside the vocabulary of the model (\(config.vocabSize) tokens)")
+            if let bad = (row.ids + row.labels.filter { $0 != -100 }).first(where: { $0 < 0 || $0 >= spec.vocabSize }) {
+                throw ILAError(file: path, "row \(n + 1): token id \(bad) is outside the vocabulary of the model (\(spec.vocabSize) tokens)")
             }
         }
         return rows

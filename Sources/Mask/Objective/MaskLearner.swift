@@ -93,11 +93,11 @@ public struct LearnState: Codable, Sendable, Equatable {
 
 /// Minimises the ILA objective J(s) with Adam over s, one seeded batch of rows per step.
 public struct MaskLearner {
-    public let engine: LlamaEngine
+    public let engine: TransformerEngine
     public let rows: [TokenizedRow]
     public let objective: MaskObjective
 
-    public init(engine: LlamaEngine, rows: [TokenizedRow], lambda: Double) throws {
+    public init(engine: TransformerEngine, rows: [TokenizedRow], lambda: Double) throws {
         guard !rows.isEmpty else { throw ILAError("no training rows") }
         self.engine = engine
         self.rows = rows

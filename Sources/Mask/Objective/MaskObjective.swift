@@ -26,7 +26,7 @@ public struct MaskObjective: Sendable {
     public static func gamma(_ s: [Double]) -> [Float] { s.map { Float(sigmoid($0)) } }
 
     /// J and dJ/ds at s on `rows`.
-    public func evaluate(engine: LlamaEngine, rows: [TokenizedRow], scores s: [Double]) throws -> Value {
+    public func evaluate(engine: TransformerEngine, rows: [TokenizedRow], scores s: [Double]) throws -> Value {
         let r = try engine.gradient(rows: rows, gamma: Self.gamma(s))
         return combine(result: r, scores: s)
     }

@@ -125,7 +125,7 @@ public struct Ranking: Codable, Sendable, Equatable {
         }
         var rank = [Int](repeating: 0, count: entries.count)
         for (r, i) in order.enumerated() { rank[i] = r + 1 }
-        let kinds = LayerKind.allCases.filter { k in entries.contains { $0.layer.kind == k } }.map(\.rawValue)
+        let kinds = LayerKind.ordered(entries.map(\.layer.kind)).map(\.rawValue)
         let layers = entries.enumerated().map { i, e in
             Layer(name: e.layer.name, block: e.layer.block, kind: e.layer.kind.rawValue, score: e.score, gamma: e.gamma, rank: rank[i])
         }

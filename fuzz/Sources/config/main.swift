@@ -3,15 +3,15 @@ import FuzzSupport
 import ILADiff
 import ILAMask
 
-// config.json: LlamaConfig.load, then the BOS/EOS resolution that reads the same file.
+// config.json: Architectures.load, then the BOS/EOS resolution that reads the same file.
 let tokenizer = try! Tokenizer(path: Fuzz.fixture("tiny/base-A/tokenizer.json"))
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let path = Fuzz.write(data, size, to: "model/config.json")
-    if let cfg = try? LlamaConfig.load(path: path) {
-        for kind in LayerKind.allCases { _ = cfg.shape(of: kind) }
-        _ = (cfg.qDim, cfg.kvDim)
+    if let spec = try? Architectures.load(configAt: path) {
+        for kind in spec.kinds { _ = spec.shape(of: kind) }
+        _ = (spec.qDim, spec.kvDim, spec.layers.map { $0.rope.tables(positions: 4) })
     }
     _ = try? SpecialTokens.resolve(directory: (path as NSString).deletingLastPathComponent, tokenizer: tokenizer)
     return 0

@@ -1,0 +1,522 @@
+import Foundation
+import ILADiff
+
+/// A layer's update as the engine applies it: W = W0 + γ·Δ.
+enum MaskedUpdate {
+    /// Δ row-major [out, in]; `effective` holds W0 + γΔ for the current γ.
+    case full(delta: FloatBuffer, effective: FloatBuffer)
+    /// Δ = scale · B·A, A [r, in], B [out, r]; never materialised.
+    case lora(a: FloatBuffer, b: FloatBuffer, rank: Int, scale: Float)
+}
+
+/// Activations of one micro-batch, sized up front for `capacity` tokens (llm.c style). With
+/// `keepForBackward` every block keeps its own; otherwise one set is reused by all blocks.
+final class Activations {
+    let capacity: Int
+    /// Per block: the residual stream entering it [T, H].
+    var xIn: [FloatBuffer]
+    var rstd1: [FloatBuffer]
+    /// Attention norm output [T, H].
+    var xn1: [FloatBuffer]
+    /// Packed projections [T, q | k | v] as the linear layers wrote them.
+    var qkv: [FloatBuffer]
+    /// q | k after the q/k norms and RoPE [T, qDim + kvDim]: what attention reads.
+    var qk: [FloatBuffer]
+    /// rstd of the q/k norms [T, heads + kvHeads] (Qwen3, Gemma 3).
+    var qkRstd: [FloatBuffer]
+    /// Attention output [T, qDim].
+    var att: [FloatBuffer]
+    /// o_proj / down_proj outputs before their sandwich norms [T, H], and those norms' rstd.
+    var attnProj: [FloatBuffer], rstdAttnProj: [FloatBuffer]
+    var mlpProj: [FloatBuffer], rstdMlpProj: [FloatBuffer]
+    var xMid: [FloatBuffer]
+    var rstd2: [FloatBuffer]
+    var xn2: [FloatBuffer]
+    /// [T, gate | up] and the MLP hidden state [T, I].
+    var gateUp: [FloatBuffer], h: [FloatBuffer]
+    /// u = x·Aᵀ [T, r] of LoRA layers, by γ index (for the current block only without backward).
+    var loraU: [Int: FloatBuffer]
+    /// Sandwich-normed projection scratch [T, H].
+    let normed: FloatBuffer
+    /// Final residual [T, H], its rstd [T] and normalised output [T, H].
+    let xOut: FloatBuffer, rstdF: FloatBuffer, xnF: FloatBuffer
+
+    init(spec c: TransformerSpec, capacity T: Int, loraRanks: [Int: Int], keepForBackward: Bool) {
+        capacity = T
+        let B = keepForBackward ? c.blocks : 1
+        func make(_ n: Int, _ on: Bool = true) -> [FloatBuffer] { on ? (0..<B).map { _ in FloatBuffer(T * n) } : [] }
+        let I = c.intermediateSize, H = c.hiddenSize
+        xIn = make(H); rstd1 = make(1); xn1 = make(H)
+        qkv = make(c.qkvDim); qk = make(c.qDim + c.kvDim); qkRstd = make(c.heads + c.kvHeads, c.qkNorm)
+        att = make(c.qDim)
+        attnProj = make(H, c.sandwichNorms); rstdAttnProj = make(1, c.sandwichNorms)
+        mlpProj = make(H, c.sandwichNorms); rstdMlpProj = make(1, c.sandwichNorms)
+        xMid = make(H); rstd2 = make(1); xn2 = make(H)
+        gateUp = make(2 * I); h = make(I)
+        loraU = [:]
+        for (i, r) in loraRanks { loraU[i] = FloatBuffer(T * r) }
+        normed = FloatBuffer(c.sandwichNorms ? T * H : 0)
+        xOut = FloatBuffer(T * H); rstdF = FloatBuffer(T); xnF = FloatBuffer(T * H)
+    }
+
+    static func bytesPerToken(_ c: TransformerSpec) -> Int {
+        let H = c.hiddenSize, I = c.intermediateSize
+        var perBlock = 4 * H + 2 + c.qkvDim + c.qDim + c.kvDim + c.qDim + 3 * I
+        if c.qkNorm { perBlock += c.heads + c.kvHeads }
+        if c.sandwichNorms { perBlock += 2 * H + 2 }
+        return 4 * (perBlock * c.blocks + 4 * H)
+    }
+}
+
+/// The result of running the model on some rows.
+public struct EngineResult: Sendable {
+    /// Σ NLL over every response token (natural log).
+    public var nllSum: Double
+    /// Number of response tokens.
+    public var tokens: Int
+    /// Rows processed.
+    public var rows: Int
+    /// d(Σ NLL)/dγ_i per masked layer (empty without gradient).
+    public var dNllSumDGamma: [Double]
+    public var meanNLL: Double { tokens > 0 ? nllSum / Double(tokens) : .nan }
+
+    public init(nllSum: Double, tokens: Int, rows: Int, dNllSumDGamma: [Double]) {
+        self.nllSum = nllSum
+        self.tokens = tokens
+        self.rows = rows
+        self.dNllSumDGamma = dNllSumDGamma
+    }
+}
+
+/// A decoder-only transformer described by a TransformerSpec, in Float32 on OpenBLAS, whose
+/// linear layers are W0 + γ_i·Δ_i, with the gradient of the response-token NLL with respect
+/// to every γ_i. One engine for every architecture: the spec says what differs.
+public final class TransformerEngine: @unchecked Sendable {
+    public let spec: TransformerSpec
+    public let weights: ModelWeights
+    /// The masked layers in γ order (the order of the deltas given).
+    public let maskedLayers: [LinearLayer]
+    /// block → kind → γ index
+    private let slot: [[LayerKind: Int]]
+    private var updates: [MaskedUpdate]
+    private var currentGamma: [Float]
+    /// Per block: tables for the rope types whose tables do not depend on the row.
+    private let fixedRope: [RopeTables?]
+    public let maxSequenceLength: Int
+    /// Upper bound of tokens per micro-batch (a row longer than this still runs, alone).
+    public var tokenBudget: Int
+
+    /// Bytes of activations kept per token for the backward pass, over all blocks.
+    public static func activationBytesPerToken(_ c: TransformerSpec) -> Int { Activations.bytesPerToken(c) }
+
+    /// - Parameters:
+    ///   - tokenBudget: tokens per micro-batch; by default as many as fit in `activationMemory`
+    ///     bytes (at most 4096), so a large model runs a row at a time.
+    public init(weights: ModelWeights, deltas: [LayerDelta], maxSequenceLength: Int = 4096, tokenBudget: Int? = nil,
+                activationMemory: Int = 2 << 30) throws {
+        spec = weights.spec
+        self.weights = weights
+        // The engine splits work across cores itself; OpenBLAS threads would spin against it.
+        BLAS.threads = 1
+        self.tokenBudget = tokenBudget ?? max(1, min(4096, activationMemory / Self.activationBytesPerToken(weights.spec)))
+        self.maxSequenceLength = maxSequenceLength
+        var slot = [[LayerKind: Int]](repeating: [:], count: spec.blocks)
+        var updates: [MaskedUpdate] = []
+        for (i, d) in deltas.enumerated() {
+            let l = d.layer
+            guard l.block < spec.blocks else {
+                throw ILAError("delta \(l.name): block \(l.block) but the model has \(spec.blocks) blocks")
+            }
+            guard let s = spec.shape(of: l.kind), spec.layerName(block: l.block, kind: l.kind) == l.name else {
+                let expected = spec.layerName(block: l.block, kind: l.kind).map { " (the model's layer is \($0))" } ?? ""
+                throw ILAError("delta \(l.name): \(spec.architecture) has no such linear layer\(expected); its kinds are \(spec.kinds.map(\.rawValue).joined(separator: " "))")
+            }
+            guard d.outFeatures == s.out, d.inFeatures == s.in else {
+                throw ILAError("delta \(l.name): shape \(d.shape) but the model's layer is [\(s.out), \(s.in)]")
+            }
+            guard slot[l.block][l.kind] == nil else { throw ILAError("delta \(l.name) given twice") }
+            slot[l.block][l.kind] = i
+            switch d.payload {
+            case .full(let delta):
+                guard let w0 = weights.blocks[l.block].linear[l.kind] else { throw ILAError("delta \(l.name): no base weight") }
+                let eff = FloatBuffer(w0.count)
+                eff.p.update(from: w0.p, count: w0.count)
+                updates.append(.full(delta: FloatBuffer(delta), effective: eff))
+            case .factors(let a, let b, let r, let scale):
+                updates.append(.lora(a: FloatBuffer(a), b: FloatBuffer(b), rank: r, scale: scale))
+            }
+        }
+        self.slot = slot
+        self.updates = updates
+        maskedLayers = deltas.map(\.layer)
+        currentGamma = [Float](repeating: 0, count: deltas.count)
+        // One table per distinct rope, shared by the blocks that use it.
+        var cache: [RotaryEmbedding: RopeTables] = [:]
+        fixedRope = spec.layers.map { layer in
+            guard !layer.rope.dependsOnLength else { return nil }
+            if let t = cache[layer.rope] { return t }
+            let t = layer.rope.tables(positions: maxSequenceLength)
+            cache[layer.rope] = t
+            return t
+        }
+    }
+
+    // MARK: public API
+
+    /// Σ NLL and token count of the rows under mask γ (one entry per masked layer).
+    public func evaluate(rows: [TokenizedRow], gamma: [Float]) throws -> EngineResult {
+        try run(rows: rows, gamma: gamma, gradient: false)
+    }
+
+    /// Σ NLL, token count and d(Σ NLL)/dγ of the rows under mask γ.
+    public func gradient(rows: [TokenizedRow], gamma: [Float]) throws -> EngineResult {
+        try run(rows: rows, gamma: gamma, gradient: true)
+    }
+
+    // MARK: driver
+
+    func run(rows: [TokenizedRow], gamma: [Float], gradient: Bool) throws -> EngineResult {
+        guard gamma.count == maskedLayers.count else {
+            throw ILAError("mask has \(gamma.count) entries but \(maskedLayers.count) layers are masked")
+        }
+        for (n, r) in rows.enumerated() {
+            guard r.ids.count == r.labels.count else { throw ILAError("row \(n): ids and labels differ in length") }
+            guard r.ids.count <= maxSequenceLength else {
+                throw ILAError("row \(n): \(r.ids.count) tokens exceed the engine's maximum sequence length \(maxSequenceLength)")
+            }
+            for t in r.ids where t < 0 || t >= spec.vocabSize {
+                throw ILAError("row \(n): token id \(t) is outside the vocabulary of \(spec.vocabSize)")
+            }
+            for t in r.labels where t != -100 && (t < 0 || t >= spec.vocabSize) {
+                throw ILAError("row \(n): label \(t) is outside the vocabulary of \(spec.vocabSize)")
+            }
+        }
+        setGamma(gamma)
+        var result = EngineResult(nllSum: 0, tokens: 0, rows: rows.count,
+                                  dNllSumDGamma: gradient ? [Double](repeating: 0, count: gamma.count) : [])
+        // Micro-batches of whole rows within the token budget.
+        var start = 0
+        var acts: Activations?
+        while start < rows.count {
+            var end = start, tokens = 0
+            while end < rows.count && (end == start || tokens + rows[end].ids.count <= tokenBudget) {
+                tokens += rows[end].ids.count
+                end += 1
+            }
+            let batch = Array(rows[start..<end])
+            if acts == nil || acts!.capacity < tokens {
+                acts = Activations(spec: spec, capacity: max(tokens, min(tokenBudget, rows.map(\.ids.count).reduce(0, +))),
+                                   loraRanks: loraRanks, keepForBackward: gradient)
+            }
+            let r = microBatch(batch, acts!, gradient: gradient)
+            result.nllSum += r.nllSum
+            result.tokens += r.tokens
+            if gradient { for i in 0..<gamma.count { result.dNllSumDGamma[i] += r.dNllSumDGamma[i] } }
+            start = end
+        }
+        return result
+    }
+
+    private var loraRanks: [Int: Int] {
+        var out: [Int: Int] = [:]
+        for (i, u) in updates.enumerated() { if case .lora(_, _, let r, _) = u { out[i] = r } }
+        return out
+    }
+
+    /// Refreshes W0 + γΔ of full deltas whose γ changed.
+    private func setGamma(_ gamma: [Float]) {
+        for (i, u) in updates.enumerated() {
+            guard case .full(let delta, let eff) = u, gamma[i] != currentGamma[i] else { continue }
+            let l = maskedLayers[i]
+            guard let w0 = weights.blocks[l.block].linear[l.kind] else { continue }
+            let g = gamma[i]
+            parallelFor(eff.count, minChunk: 1 << 16) { r in for j in r { eff.p[j] = w0.p[j] + g * delta.p[j] } }
+        }
+        currentGamma = gamma
+    }
+
+    private func ropeTables(block: Int, length: Int) -> RopeTables {
+        fixedRope[block] ?? spec.layers[block].rope.tables(positions: length, length: length)
+    }
+
+    // MARK: masked linear layers
+
+    /// The weight used for x·Wᵀ: W0 + γΔ for full deltas, W0 otherwise.
+    private func weight(_ block: Int, _ kind: LayerKind) -> FloatBuffer {
+        if let i = slot[block][kind], case .full(_, let eff) = updates[i] { return eff }
+        return weights.blocks[block].linear[kind]!
+    }
+
+    /// out [T, O] (row stride ldOut) = x·(W0 + γΔ)ᵀ (+ bias), added to out with `accumulate`;
+    /// keeps u = x·Aᵀ of LoRA layers for backward.
+    private func maskedForward(_ out: FPtr, ldOut: Int, _ x: CPtr, block: Int, _ l: LinearSpec, T: Int,
+                               acts: Activations, gradient: Bool, accumulate: Bool = false) {
+        linearForward(out, ldOut: ldOut, x, weight(block, l.kind).p, weights.blocks[block].bias[l.kind]?.p,
+                      T: T, I: l.inFeatures, O: l.outFeatures, accumulate: accumulate)
+        guard let i = slot[block][l.kind], case .lora(let a, let b, let r, let scale) = updates[i] else { return }
+        let g = currentGamma[i]
+        if g == 0 && !gradient { return }
+        let u = acts.loraU[i]!
+        pgemm(transB: true, m: T, n: r, k: l.inFeatures, x, a.p, u.p)
+        if g != 0 { pgemm(transB: true, m: T, n: l.outFeatures, k: r, alpha: g * scale, u.p, b.p, beta: 1, out, ldc: ldOut) }
+    }
+
+    /// Given dY [T, O] (row stride ldOut) and the layer input x [T, I]: dx [T, I] += dY·W_eff,
+    /// dγ += ⟨dY, x·Δᵀ⟩.
+    private func maskedBackward(_ dx: FPtr, _ dy: CPtr, ldOut: Int, _ x: CPtr, block: Int, _ l: LinearSpec, T: Int,
+                                acts: Activations, scratch: Scratch, dGamma: inout [Double]) {
+        let O = l.outFeatures, I = l.inFeatures
+        linearBackwardInput(dx, dy, ldOut: ldOut, weight(block, l.kind).p, T: T, I: I, O: O)
+        guard let i = slot[block][l.kind] else { return }
+        switch updates[i] {
+        case .full(let delta, _):
+            // dW = dYᵀ·x [O, I]; dγ = ⟨Δ, dW⟩
+            let dW = scratch.weightGrad
+            pgemm(transA: true, m: O, n: I, k: T, dy, lda: ldOut, x, dW.p)
+            dGamma[i] += Double(BLAS.dot(O * I, delta.p, dW.p))
+        case .lora(let a, let b, let r, let scale):
+            // v = dY·B [T, r]; dγ = scale·Σ v∘u; dx += γ·scale·v·A
+            let v = scratch.loraV
+            pgemm(m: T, n: r, k: O, dy, lda: ldOut, b.p, v.p)
+            let u = acts.loraU[i]!
+            dGamma[i] += Double(scale) * Double(BLAS.dot(T * r, v.p, u.p))
+            let g = currentGamma[i]
+            if g != 0 { pgemm(m: T, n: I, k: r, alpha: g * scale, v.p, a.p, beta: 1, dx) }
+        }
+    }
+
+    /// Runs every linear of a stage: out packed with row stride ldOut.
+    private func stageForward(_ stage: LinearStage, _ out: FPtr, ldOut: Int, _ x: CPtr, block: Int, T: Int,
+                              acts: Activations, gradient: Bool, accumulate: Bool = false) {
+        for l in spec.linears where l.stage == stage {
+            maskedForward(out + l.outputOffset, ldOut: ldOut, x, block: block, l, T: T, acts: acts, gradient: gradient,
+                          accumulate: accumulate)
+        }
+    }
+
+    private func stageBackward(_ stage: LinearStage, _ dx: FPtr, _ dy: CPtr, ldOut: Int, _ x: CPtr, block: Int, T: Int,
+                               acts: Activations, scratch: Scratch, dGamma: inout [Double]) {
+        for l in spec.linears where l.stage == stage {
+            maskedBackward(dx, dy + l.outputOffset, ldOut: ldOut, x, block: block, l, T: T, acts: acts, scratch: scratch, dGamma: &dGamma)
+        }
+    }
+
+    /// Backward-only scratch buffers.
+    final class Scratch {
+        let weightGrad: FloatBuffer
+        let loraV: FloatBuffer
+        let dx: FloatBuffer, dRes: FloatBuffer, dxn: FloatBuffer, dProj: FloatBuffer
+        let dqkv: FloatBuffer, dqk: FloatBuffer, datt: FloatBuffer
+        let dGateUp: FloatBuffer, dh: FloatBuffer
+        init(spec c: TransformerSpec, T: Int, maxWeight: Int, maxRank: Int) {
+            let H = c.hiddenSize, I = c.intermediateSize
+            weightGrad = FloatBuffer(maxWeight)
+            loraV = FloatBuffer(T * maxRank)
+            dx = FloatBuffer(T * H); dRes = FloatBuffer(T * H); dxn = FloatBuffer(T * H)
+            dProj = FloatBuffer(c.sandwichNorms ? T * H : 0)
+            dqkv = FloatBuffer(T * c.qkvDim); dqk = FloatBuffer(T * (c.qDim + c.kvDim)); datt = FloatBuffer(T * c.qDim)
+            dGateUp = FloatBuffer(T * 2 * I); dh = FloatBuffer(T * I)
+        }
+    }
+
+    // MARK: one micro-batch
+
+    private func microBatch(_ rows: [TokenizedRow], _ acts: Activations, gradient: Bool) -> EngineResult {
+        let c = spec
+        let H = c.hiddenSize, I = c.intermediateSize, T = rows.map(\.ids.count).reduce(0, +)
+        let hd = c.headDim, qDim = c.qDim, kvDim = c.kvDim, qkvDim = c.qkvDim, qkDim = qDim + kvDim
+        let nq = c.heads, nkv = c.kvHeads, group = nq / nkv
+        let eps = c.normEps
+        let rowStart = rows.reduce(into: [0]) { $0.append($0.last! + $1.ids.count) }
+        let maxL = rows.map(\.ids.count).max() ?? 0
+        let capped = c.attentionSoftcap != nil
+        func attn(_ L: Int, _ b: Int) -> AttentionRow {
+            AttentionRow(L: L, headDim: hd, qStride: qkDim, kStride: qkDim, vStride: qkvDim, outStride: qDim,
+                         scale: c.attentionScale, softcap: c.attentionSoftcap, window: c.layers[b].slidingWindow)
+        }
+
+        // Embedding (× √hidden for Gemma).
+        let x0 = acts.xIn[0]
+        for (t, id) in rows.flatMap(\.ids).enumerated() {
+            let dst = x0.p + t * H
+            dst.update(from: weights.embed.p + id * H, count: H)
+            if let s = c.embeddingScale { for i in 0..<H { dst[i] *= s } }
+        }
+        // Blocks.
+        for b in 0..<c.blocks {
+            let s = gradient ? b : 0
+            let xIn = acts.xIn[s], xn1 = acts.xn1[s], qkv = acts.qkv[s], qk = acts.qk[s]
+            let att = acts.att[s], xMid = acts.xMid[s], xn2 = acts.xn2[s], gateUp = acts.gateUp[s], h = acts.h[s]
+            let bw = weights.blocks[b]
+            rmsnormForward(xn1.p, acts.rstd1[s].p, xIn.p, bw.inputNorm.p, T: T, H: H, eps: eps)
+            stageForward(.qkv, qkv.p, ldOut: qkvDim, xn1.p, block: b, T: T, acts: acts, gradient: gradient)
+            let qkRstd = c.qkNorm ? acts.qkRstd[s].p : nil
+            parallelFor(rows.count) { range in
+                let probs = FloatBuffer(maxL * maxL), caps = FloatBuffer(capped ? maxL * maxL : 0)
+                for r in range {
+                    let t0 = rowStart[r], L = rows[r].ids.count
+                    let src = qkv.p + t0 * qkvDim, dst = qk.p + t0 * qkDim
+                    if let qkRstd, let qn = bw.qNorm, let kn = bw.kNorm {
+                        let rs = qkRstd + t0 * (nq + nkv)
+                        headNormForward(dst, ldOut: qkDim, rs, src, ldX: qkvDim, qn.p, L: L, heads: nq, d: hd, eps: eps)
+                        // k rstd after the q ones: [L, nq + nkv] viewed per token.
+                        for t in 0..<L { for hh in 0..<nkv {
+                            rmsnormRow(dst + t * qkDim + qDim + hh * hd, &rs[t * (nq + nkv) + nq + hh],
+                                       src + t * qkvDim + qDim + hh * hd, kn.p, n: hd, eps: eps)
+                        } }
+                    } else {
+                        for t in 0..<L { (dst + t * qkDim).update(from: src + t * qkvDim, count: qkDim) }
+                    }
+                    ropeApply(dst, L: L, stride: qkDim, heads: nq + nkv, ropeTables(block: b, length: L))
+                    let a = attn(L, b)
+                    for hh in 0..<nq {
+                        let g = hh / group
+                        attentionForward(att.p + t0 * qDim + hh * hd, probs.p, capped ? caps.p : nil,
+                                         dst + hh * hd, dst + qDim + g * hd, src + qDim + kvDim + g * hd, a)
+                    }
+                }
+            }
+            // Attention projection and residual.
+            if c.sandwichNorms, let on = bw.attentionOutNorm {
+                let proj = acts.attnProj[s]
+                stageForward(.attentionOut, proj.p, ldOut: H, att.p, block: b, T: T, acts: acts, gradient: gradient)
+                rmsnormForward(acts.normed.p, acts.rstdAttnProj[s].p, proj.p, on.p, T: T, H: H, eps: eps)
+                xMid.p.update(from: xIn.p, count: T * H)
+                addInPlace(xMid.p, acts.normed.p, T * H)
+            } else {
+                stageForward(.attentionOut, xMid.p, ldOut: H, att.p, block: b, T: T, acts: acts, gradient: gradient)
+                addInPlace(xMid.p, xIn.p, T * H)
+            }
+            // MLP.
+            rmsnormForward(xn2.p, acts.rstd2[s].p, xMid.p, bw.mlpNorm.p, T: T, H: H, eps: eps)
+            stageForward(.gateUp, gateUp.p, ldOut: 2 * I, xn2.p, block: b, T: T, acts: acts, gradient: gradient)
+            gatedForward(h.p, gateUp.p, T: T, I: I, c.activation)
+            let next = b + 1 < c.blocks ? acts.xIn[gradient ? b + 1 : 0] : acts.xOut
+            if c.sandwichNorms, let on = bw.mlpOutNorm {
+                let proj = acts.mlpProj[s]
+                stageForward(.mlpOut, proj.p, ldOut: H, h.p, block: b, T: T, acts: acts, gradient: gradient)
+                rmsnormForward(acts.normed.p, acts.rstdMlpProj[s].p, proj.p, on.p, T: T, H: H, eps: eps)
+                next.p.update(from: xMid.p, count: T * H)
+                addInPlace(next.p, acts.normed.p, T * H)
+            } else {
+                stageForward(.mlpOut, next.p, ldOut: H, h.p, block: b, T: T, acts: acts, gradient: gradient)
+                addInPlace(next.p, xMid.p, T * H)
+            }
+        }
+        rmsnormForward(acts.xnF.p, acts.rstdF.p, acts.xOut.p, weights.finalNorm.p, T: T, H: H, eps: eps)
+
+        // Loss positions: t predicts t+1 within its row.
+        var positions: [Int] = [], targets: [Int32] = []
+        for (r, row) in rows.enumerated() where row.ids.count > 1 {
+            for t in 0..<(row.ids.count - 1) where row.labels[t + 1] != -100 {
+                positions.append(rowStart[r] + t)
+                targets.append(Int32(row.labels[t + 1]))
+            }
+        }
+        var result = EngineResult(nllSum: 0, tokens: positions.count, rows: rows.count, dNllSumDGamma: [])
+        let scratch = gradient ? Scratch(spec: c, T: T, maxWeight: maxWeightSize, maxRank: loraRanks.values.max() ?? 0) : nil
+        if let scratch { scratch.dx.zero() }
+        // Chunks of positions bound the logits buffer.
+        let chunk = 512
+        let logits = FloatBuffer(min(chunk, max(positions.count, 1)) * c.vocabSize)
+        let sel = FloatBuffer(min(chunk, max(positions.count, 1)) * H)
+        let dsel = FloatBuffer(gradient ? min(chunk, max(positions.count, 1)) * H : 0)
+        var p0 = 0
+        while p0 < positions.count {
+            let n = min(chunk, positions.count - p0)
+            for j in 0..<n { (sel.p + j * H).update(from: acts.xnF.p + positions[p0 + j] * H, count: H) }
+            result.nllSum += crossEntropyForwardBackward(sel.p, targets: Array(targets[p0..<(p0 + n)]), lmHead: weights.lmHead.p,
+                                                         V: c.vocabSize, H: H, softcap: c.finalSoftcap, logits: logits.p, nll: nil,
+                                                         dx: gradient ? dsel.p : nil, scale: 1)
+            if let scratch {
+                for j in 0..<n {
+                    let d = scratch.dx.p + positions[p0 + j] * H, s = dsel.p + j * H
+                    for i in 0..<H { d[i] += s[i] }
+                }
+            }
+            p0 += n
+        }
+        guard let sc = scratch else { return result }
+
+        // Backward: dL/dxnF is in sc.dx; dRes carries d/d(residual stream) down the blocks.
+        var dGamma = [Double](repeating: 0, count: updates.count)
+        let dRes = sc.dRes
+        dRes.zero()
+        rmsnormBackward(dRes.p, sc.dx.p, acts.xOut.p, acts.rstdF.p, weights.finalNorm.p, T: T, H: H)
+        for b in stride(from: c.blocks - 1, through: 0, by: -1) {
+            let bw = weights.blocks[b]
+            let xIn = acts.xIn[b], xn1 = acts.xn1[b], qkv = acts.qkv[b], qk = acts.qk[b]
+            let att = acts.att[b], xMid = acts.xMid[b], xn2 = acts.xn2[b], gateUp = acts.gateUp[b], h = acts.h[b]
+            // MLP: out = xMid + [norm](down(h))
+            var dDown = dRes.p
+            if c.sandwichNorms, let on = bw.mlpOutNorm {
+                sc.dProj.zero()
+                rmsnormBackward(sc.dProj.p, dRes.p, acts.mlpProj[b].p, acts.rstdMlpProj[b].p, on.p, T: T, H: H)
+                dDown = sc.dProj.p
+            }
+            sc.dh.zero()
+            stageBackward(.mlpOut, sc.dh.p, dDown, ldOut: H, h.p, block: b, T: T, acts: acts, scratch: sc, dGamma: &dGamma)
+            gatedBackward(sc.dGateUp.p, sc.dh.p, gateUp.p, T: T, I: I, c.activation)
+            sc.dxn.zero()
+            stageBackward(.gateUp, sc.dxn.p, sc.dGateUp.p, ldOut: 2 * I, xn2.p, block: b, T: T, acts: acts, scratch: sc, dGamma: &dGamma)
+            rmsnormBackward(dRes.p, sc.dxn.p, xMid.p, acts.rstd2[b].p, bw.mlpNorm.p, T: T, H: H)
+            // Attention: xMid = xIn + [norm](o(att))
+            var dO = dRes.p
+            if c.sandwichNorms, let on = bw.attentionOutNorm {
+                sc.dProj.zero()
+                rmsnormBackward(sc.dProj.p, dRes.p, acts.attnProj[b].p, acts.rstdAttnProj[b].p, on.p, T: T, H: H)
+                dO = sc.dProj.p
+            }
+            sc.datt.zero()
+            stageBackward(.attentionOut, sc.datt.p, dO, ldOut: H, att.p, block: b, T: T, acts: acts, scratch: sc, dGamma: &dGamma)
+            sc.dqkv.zero(); sc.dqk.zero()
+            let qkRstd = c.qkNorm ? acts.qkRstd[b].p : nil
+            parallelFor(rows.count) { range in
+                let probs = FloatBuffer(maxL * maxL), dProbs = FloatBuffer(maxL * maxL)
+                let caps = FloatBuffer(capped ? maxL * maxL : 0)
+                for r in range {
+                    let t0 = rowStart[r], L = rows[r].ids.count
+                    let q = qk.p + t0 * qkDim, v = qkv.p + t0 * qkvDim + qDim + kvDim
+                    let dq = sc.dqk.p + t0 * qkDim, dv = sc.dqkv.p + t0 * qkvDim + qDim + kvDim
+                    let a = attn(L, b)
+                    for hh in 0..<nq {
+                        let g = hh / group
+                        attentionBackward(dq + hh * hd, dq + qDim + g * hd, dv + g * hd, sc.datt.p + t0 * qDim + hh * hd,
+                                          q + hh * hd, q + qDim + g * hd, v + g * hd, probs.p, dProbs.p, capped ? caps.p : nil,
+                                          dqStride: qkDim, dkStride: qkDim, dvStride: qkvDim, a)
+                    }
+                    ropeApply(dq, L: L, stride: qkDim, heads: nq + nkv, ropeTables(block: b, length: L), inverse: true)
+                    let raw = qkv.p + t0 * qkvDim, dRaw = sc.dqkv.p + t0 * qkvDim
+                    if let qkRstd, let qn = bw.qNorm, let kn = bw.kNorm {
+                        let rs = qkRstd + t0 * (nq + nkv)
+                        for t in 0..<L {
+                            for hh in 0..<nq {
+                                rmsnormRowBackward(dRaw + t * qkvDim + hh * hd, dq + t * qkDim + hh * hd,
+                                                   raw + t * qkvDim + hh * hd, rs[t * (nq + nkv) + hh], qn.p, n: hd)
+                            }
+                            for hh in 0..<nkv {
+                                rmsnormRowBackward(dRaw + t * qkvDim + qDim + hh * hd, dq + t * qkDim + qDim + hh * hd,
+                                                   raw + t * qkvDim + qDim + hh * hd, rs[t * (nq + nkv) + nq + hh], kn.p, n: hd)
+                            }
+                        }
+                    } else {
+                        for t in 0..<L { (dRaw + t * qkvDim).update(from: dq + t * qkDim, count: qkDim) }
+                    }
+                }
+            }
+            sc.dxn.zero()
+            stageBackward(.qkv, sc.dxn.p, sc.dqkv.p, ldOut: qkvDim, xn1.p, block: b, T: T, acts: acts, scratch: sc, dGamma: &dGamma)
+            rmsnormBackward(dRes.p, sc.dxn.p, xIn.p, acts.rstd1[b].p, bw.inputNorm.p, T: T, H: H)
+        }
+        result.dNllSumDGamma = dGamma
+        return result
+    }
+
+    private var maxWeightSize: Int {
+        var m = 0
+        for (i, u) in updates.enumerated() {
+            if case .full = u, let s = spec.shape(of: maskedLayers[i].kind) { m = max(m, s.out * s.in) }
+        }
+        return m
+    }
+}

@@ -1,0 +1,109 @@
+import Foundation
+import ILADiff
+
+/// One transformer block's weights, by the spec's tensor names.
+public final class BlockWeights: @unchecked Sendable {
+    /// Norm weights [hidden] as the engine multiplies them (Gemma's 1 + w already added).
+    public let inputNorm: FloatBuffer
+    public let mlpNorm: FloatBuffer
+    public let attentionOutNorm: FloatBuffer?
+    public let mlpOutNorm: FloatBuffer?
+    /// q/k norms [head_dim] (Qwen3, Gemma 3).
+    public let qNorm: FloatBuffer?
+    public let kNorm: FloatBuffer?
+    /// Linear weights by kind, row-major [out, in].
+    public let linear: [LayerKind: FloatBuffer]
+    /// Biases [out] of the kinds that have them.
+    public let bias: [LayerKind: FloatBuffer]
+
+    init(inputNorm: FloatBuffer, mlpNorm: FloatBuffer, attentionOutNorm: FloatBuffer?, mlpOutNorm: FloatBuffer?,
+         qNorm: FloatBuffer?, kNorm: FloatBuffer?, linear: [LayerKind: FloatBuffer], bias: [LayerKind: FloatBuffer]) {
+        self.inputNorm = inputNorm
+        self.mlpNorm = mlpNorm
+        self.attentionOutNorm = attentionOutNorm
+        self.mlpOutNorm = mlpOutNorm
+        self.qNorm = qNorm
+        self.kNorm = kNorm
+        self.linear = linear
+        self.bias = bias
+    }
+}
+
+/// All weights of a model, Float32, loaded by its TransformerSpec.
+public final class ModelWeights: @unchecked Sendable {
+    public let spec: TransformerSpec
+    /// [vocab, hidden]
+    public let embed: FloatBuffer
+    public let blocks: [BlockWeights]
+    /// [hidden], as multiplied (Gemma: 1 + w)
+    public let finalNorm: FloatBuffer
+    /// [vocab, hidden]; the embedding itself when tied.
+    public let lmHead: FloatBuffer
+
+    init(spec: TransformerSpec, embed: FloatBuffer, blocks: [BlockWeights], finalNorm: FloatBuffer, lmHead: FloatBuffer) {
+        self.spec = spec
+        self.embed = embed
+        self.blocks = blocks
+        self.finalNorm = finalNorm
+        self.lmHead = lmHead
+    }
+
+    /// Loads every tensor the architecture needs, checking names and shapes; a missing or
+    /// unexpected tensor is an error naming it.
+    public static func load(spec: TransformerSpec, checkpoint: ModelCheckpoint) throws -> ModelWeights {
+        var used = Set<String>()
+        func values(_ name: String, _ shape: [Int]) throws -> [Float] {
+            guard let info = checkpoint.info(name) else {
+                throw ILAError(file: checkpoint.path, "missing tensor \(name)")
+            }
+            guard info.shape == shape else {
+                throw ILAError(file: checkpoint.file(of: name) ?? checkpoint.path, "tensor \(name) has shape \(info.shape), config.json implies \(shape)")
+            }
+            used.insert(name)
+            let v = try checkpoint.floats(name)
+            for x in v where !x.isFinite {
+                throw ILAError(file: checkpoint.file(of: name) ?? checkpoint.path, "tensor \(name) contains NaN or Inf")
+            }
+            return v
+        }
+        func tensor(_ name: String, _ shape: [Int]) throws -> FloatBuffer { FloatBuffer(try values(name, shape)) }
+        func norm(_ name: String, _ n: Int) throws -> FloatBuffer {
+            let w = try values(name, [n])
+            switch spec.norm {
+            case .rms: return FloatBuffer(w)
+            case .rmsOnePlusWeight: return FloatBuffer(w.map { 1 + $0 })
+            }
+        }
+        let s = spec, h = s.hiddenSize, n = s.names
+        let embed = try tensor(n.embed, [s.vocabSize, h])
+        var blocks: [BlockWeights] = []
+        for b in 0..<s.blocks {
+            let p = "\(n.blockPrefix)\(b)."
+            var linear: [LayerKind: FloatBuffer] = [:]
+            var bias: [LayerKind: FloatBuffer] = [:]
+            for l in s.linears {
+                linear[l.kind] = try tensor(p + l.path + ".weight", [l.outFeatures, l.inFeatures])
+                if l.bias { bias[l.kind] = try tensor(p + l.path + ".bias", [l.outFeatures]) }
+            }
+            blocks.append(BlockWeights(
+                inputNorm: try norm(p + n.inputNorm, h), mlpNorm: try norm(p + n.mlpNorm, h),
+                attentionOutNorm: try n.attentionOutNorm.map { try norm(p + $0, h) },
+                mlpOutNorm: try n.mlpOutNorm.map { try norm(p + $0, h) },
+                qNorm: s.qkNorm ? try n.qNorm.map { try norm(p + $0, s.headDim) } : nil,
+                kNorm: s.qkNorm ? try n.kNorm.map { try norm(p + $0, s.headDim) } : nil,
+                linear: linear, bias: bias))
+        }
+        let finalNorm = try norm(n.finalNorm, h)
+        let lmHead: FloatBuffer
+        if s.tieWordEmbeddings {
+            lmHead = embed
+            if checkpoint.contains(n.lmHead) { used.insert(n.lmHead) }
+        } else {
+            lmHead = try tensor(n.lmHead, [s.vocabSize, h])
+        }
+        for name in checkpoint.names where !used.contains(name) && !name.hasSuffix("rotary_emb.inv_freq") {
+            throw ILAError(file: checkpoint.file(of: name) ?? checkpoint.path, "unexpected tensor \(name) for \(s.architecture) with \(s.blocks) blocks")
+        }
+        return ModelWeights(spec: s, embed: embed, blocks: blocks, finalNorm: finalNorm, lmHead: lmHead)
+    }
+}
