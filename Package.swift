@@ -1,7 +1,11 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Pipeline: checkpoint → deltas (Diff) → mask → ranking (Mask) → transfer/export (Transfer).
+// Pipeline: checkpoint → deltas (Diff) → model description (Model) → engine (Engine) →
+// mask and scores (Mask) → ranking and exports (Ranking) → transfer (Transfer).
+// Ranking, exports and transfer depend on neither the engine nor the tokenizer.
+let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
+
 let package = Package(
     name: "ila",
     platforms: [.macOS(.v13)],
@@ -11,7 +15,9 @@ let package = Package(
         .executable(name: "ila-transfer", targets: ["ila-transfer"]),
         // For the fuzz harnesses (fuzz/Package.swift depends on this package by path).
         .library(name: "ILADiff", targets: ["ILADiff"]),
+        .library(name: "ILAModel", targets: ["ILAModel"]),
         .library(name: "ILAMask", targets: ["ILAMask"]),
+        .library(name: "ILARanking", targets: ["ILARanking"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -22,35 +28,41 @@ let package = Package(
                        providers: [.apt(["libhdf5-dev"])]),
         .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
+        // BLAS and LAPACK calls (GEMM for the engine, SVD and Gram matrices for the deltas).
+        .target(name: "ILABLAS", dependencies: ["COpenBLAS"], path: "Sources/BLAS"),
 
-        // checkpoint readers, deltas, the HDF5 delta store, BLAS, shared CLI support
-        .target(name: "ILADiff", dependencies: ["CHDF5", "COpenBLAS"], path: "Sources/Diff",
+        // checkpoint readers, deltas, the HDF5 delta store, shared CLI support (parsers of user files:
+        // bounds and overflow checks stay on)
+        .target(name: "ILADiff", dependencies: ["CHDF5", "ILABLAS"], path: "Sources/Diff"),
+        // architecture descriptions: config.json per family, RoPE variants, weights
+        .target(name: "ILAModel", dependencies: ["ILADiff"], path: "Sources/Model"),
+        // the engine's inner loops (pointer arithmetic on buffers it sized itself)
+        .target(name: "ILAEngine", dependencies: ["ILAModel", "ILABLAS", "ILADiff"], path: "Sources/Engine",
                 swiftSettings: [.unsafeFlags(["-Ounchecked"])]),
-        // tokenizer, data, the Llama engine, the ILA objective, rankings and exports
-        .target(name: "ILAMask", dependencies: ["ILADiff", "COpenBLAS"], path: "Sources/Mask",
-                swiftSettings: [.unsafeFlags(["-Ounchecked"])]),
+        // tokenizer, data, the ILA objective and learner
+        .target(name: "ILAMask", dependencies: ["ILADiff", "ILAModel", "ILAEngine"], path: "Sources/Mask"),
+        // rankings, comparison, selections and their export formats
+        .target(name: "ILARanking", dependencies: ["ILADiff"], path: "Sources/Ranking"),
         // ranking transfer across models
-        .target(name: "ILATransfer", dependencies: ["ILADiff", "ILAMask"], path: "Sources/Transfer"),
+        .target(name: "ILATransfer", dependencies: ["ILADiff", "ILARanking"], path: "Sources/Transfer"),
 
         // exit codes and error lines shared by the three commands
-        .target(name: "ILACommandLine", dependencies: [
-            "ILADiff", .product(name: "ArgumentParser", package: "swift-argument-parser")], path: "Sources/CLI"),
-        .executableTarget(name: "ila-diff", dependencies: [
-            "ILADiff", "ILACommandLine", .product(name: "ArgumentParser", package: "swift-argument-parser")],
-            path: "Sources/ila-diff"),
+        .target(name: "ILACommandLine", dependencies: ["ILADiff", argumentParser], path: "Sources/CLI"),
+        .executableTarget(name: "ila-diff", dependencies: ["ILADiff", "ILACommandLine", argumentParser],
+                          path: "Sources/ila-diff"),
         .executableTarget(name: "ila-mask", dependencies: [
-            "ILADiff", "ILAMask", "ILACommandLine", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            "ILADiff", "ILABLAS", "ILAModel", "ILAEngine", "ILAMask", "ILARanking", "ILACommandLine", argumentParser],
             path: "Sources/ila-mask"),
         .executableTarget(name: "ila-transfer", dependencies: [
-            "ILADiff", "ILAMask", "ILATransfer", "ILACommandLine",
-            .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            "ILADiff", "ILARanking", "ILATransfer", "ILACommandLine", argumentParser],
             path: "Sources/ila-transfer"),
 
         // Shared by the test targets: running the built commands, temporary folders, paths.
         .target(name: "ILATestSupport", path: "Tests/TestSupport"),
-        .testTarget(name: "DiffTests", dependencies: ["ILADiff", "ILATestSupport"], path: "Tests/DiffTests"),
-        .testTarget(name: "MaskTests", dependencies: ["ILADiff", "ILAMask", "ILATestSupport"], path: "Tests/MaskTests"),
-        .testTarget(name: "TransferTests", dependencies: ["ILADiff", "ILAMask", "ILATransfer", "ILATestSupport"],
+        .testTarget(name: "DiffTests", dependencies: ["ILADiff", "ILABLAS", "ILATestSupport"], path: "Tests/DiffTests"),
+        .testTarget(name: "MaskTests", dependencies: ["ILADiff", "ILAModel", "ILAEngine", "ILAMask", "ILARanking", "ILATestSupport"],
+                    path: "Tests/MaskTests"),
+        .testTarget(name: "TransferTests", dependencies: ["ILADiff", "ILARanking", "ILATransfer", "ILATestSupport"],
                     path: "Tests/TransferTests"),
     ]
 )

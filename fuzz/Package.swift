@@ -19,6 +19,8 @@ let package = Package(
             "FuzzSupport",
             .product(name: "ILADiff", package: "ila"),
             .product(name: "ILAMask", package: "ila"),
+            .product(name: "ILAModel", package: "ila"),
+            .product(name: "ILARanking", package: "ila"),
         ], path: "Sources/\(name)")
     }
 )

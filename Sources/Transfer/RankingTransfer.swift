@@ -1,6 +1,6 @@
 import Foundation
 import ILADiff
-import ILAMask
+import ILARanking
 
 /// One layer of the target model with the score it receives from the source ranking.
 public struct TransferredLayer: Sendable, Equatable {

@@ -2,7 +2,11 @@ import ArgumentParser
 import Foundation
 import ILACommandLine
 import ILADiff
+import ILABLAS
 import ILAMask
+import ILAModel
+import ILAEngine
+import ILARanking
 
 /// Times the engine for bench/engine and bench/learn (hidden from help).
 struct BenchCommand: ParsableCommand {

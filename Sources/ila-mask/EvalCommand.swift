@@ -3,6 +3,9 @@ import Foundation
 import ILACommandLine
 import ILADiff
 import ILAMask
+import ILAModel
+import ILAEngine
+import ILARanking
 
 struct EvalCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -3,6 +3,9 @@ import Foundation
 import ILACommandLine
 import ILADiff
 import ILAMask
+import ILAModel
+import ILAEngine
+import ILARanking
 
 extension ExportFormat: ExpressibleByArgument {}
 

@@ -3,6 +3,9 @@ import Foundation
 import ILACommandLine
 import ILADiff
 import ILAMask
+import ILAModel
+import ILAEngine
+import ILARanking
 
 /// Set by SIGINT/SIGTERM; the learn loop saves its state and stops at the next step boundary.
 nonisolated(unsafe) private var stopSignal: Int32 = 0
@@ -159,7 +162,8 @@ struct LearnCommand: ParsableCommand {
                                        blocks: base.spec.blocks,
                                        source: Ranking.Source(base: model.base, deltas: store?.path ?? "", data: model.data,
                                                               tool: "ila-mask \(ilaVersion)"),
-                                       objective: objective, history: state.history)
+                                       objective: objective,
+                                       history: state.history.map { Ranking.HistoryEntry(step: $0.step, nll: $0.nll, meanGamma: $0.meanGamma, j: $0.j) })
             ranking.eval = evalReport
             try writeFloatMatrixHDF5(path: trajectoryPath, dataset: "scores",
                                      values: state.trajectory.flatMap { $0.map(Float.init) },

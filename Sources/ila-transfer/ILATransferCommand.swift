@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import ILACommandLine
 import ILADiff
-import ILAMask
+import ILARanking
 import ILATransfer
 
 extension ExportFormat: ExpressibleByArgument {}

@@ -1,6 +1,6 @@
 import Foundation
 import ILADiff
-import ILAMask
+import ILARanking
 import ILATransfer
 
 /// The human and machine read-outs of a transfer: the headline, the layer table, the per-block

@@ -4,6 +4,9 @@ import FoundationXML
 #endif
 import ILADiff
 @testable import ILAMask
+import ILAModel
+@testable import ILAEngine
+@testable import ILARanking
 import XCTest
 
 /// Shared by ExportTests and ExportCommandTests.

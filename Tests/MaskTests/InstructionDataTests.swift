@@ -2,6 +2,9 @@ import Foundation
 import XCTest
 import ILADiff
 @testable import ILAMask
+import ILAModel
+@testable import ILAEngine
+import ILARanking
 
 final class InstructionDataTests: XCTestCase {
     private var tok: Tokenizer!

@@ -1,6 +1,9 @@
 import Foundation
 import ILADiff
 import ILAMask
+import ILAModel
+@testable import ILAEngine
+import ILARanking
 import ILATestSupport
 import XCTest
 

@@ -1,6 +1,9 @@
 import Foundation
 import ILADiff
 @testable import ILAMask
+import ILAModel
+@testable import ILAEngine
+import ILARanking
 import XCTest
 
 final class RankingComparisonTests: XCTestCase {

@@ -1,6 +1,6 @@
 import Foundation
 import ILADiff
-import ILAMask
+import ILARanking
 import ILATestSupport
 import XCTest
 

@@ -2,7 +2,7 @@ import Foundation
 import ILATestSupport
 import XCTest
 import ILADiff
-import ILAMask
+import ILARanking
 @testable import ILATransfer
 
 /// Transfers of whole rankings onto target checkpoints.
@@ -160,7 +160,7 @@ final class RankingTransferTests: XCTestCase {
                                         targetLayers: LinearLayer.layers(in: try ModelCheckpoint(path: target)), targetPath: target)
             XCTAssertEqual(t.layers.count, 7 * n)
             for l in t.layers {
-                XCTAssertEqual(l.score, Double(l.kind.order) * 0.3 - 1)
+                XCTAssertEqual(l.score, Double(allKinds.firstIndex(of: l.kind.rawValue)!) * 0.3 - 1)
                 XCTAssertEqual(l.position.lo, 0); XCTAssertEqual(l.position.hi, 0)
             }
             // all blocks tie per kind: ties go to the shallower block (canonical order)

@@ -5,7 +5,7 @@ import FoundationXML
 import ILATestSupport
 import XCTest
 import ILADiff
-import ILAMask
+import ILARanking
 @testable import ILATransfer
 
 /// The built `ila-transfer` binary: output, every export format parsed back, and errors.

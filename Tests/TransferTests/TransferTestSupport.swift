@@ -2,7 +2,7 @@ import Foundation
 import ILATestSupport
 import XCTest
 import ILADiff
-import ILAMask
+import ILARanking
 
 // Helpers of the TransferTests: fixture locations, temporary folders, a minimal safetensors
 // writer (checkpoints of any depth for the edge cases), ranking builders and a runner for the

@@ -1,4 +1,5 @@
 import Foundation
+import ILABLAS
 
 /// What ALIGNED is: a full model checkpoint or a LoRA adapter.
 public enum AlignedCheckpoint: Sendable {
@@ -140,7 +141,10 @@ public struct DeltaComputer {
         let (m, n) = (delta.outFeatures, delta.inFeatures)
         let p = min(m, n)
         let r = min(rank, p)
-        let (u, s, vt) = try BLAS.svd(d, m: m, n: n)
+        let (u, s, vt): ([Float], [Float], [Float])
+        do { (u, s, vt) = try BLAS.svd(d, m: m, n: n) } catch {
+            throw ILAError("\(delta.layer.name): truncated SVD: \(error)")
+        }
         var b = [Float](repeating: 0, count: m * r)
         for i in 0..<m { for j in 0..<r { b[i * r + j] = u[i * p + j] * s[j] } }
         let a = Array(vt[0..<(r * n)])

@@ -1,4 +1,5 @@
 import Foundation
+import ILABLAS
 
 /// One linear layer's update Δ = W_aligned − W_base, as stored in deltas.h5 (DESIGN.md section 4).
 public struct LayerDelta: Sendable {

@@ -1,4 +1,5 @@
 import Foundation
+import ILAModel
 import ILADiff
 #if canImport(Glibc)
 import Glibc
@@ -28,17 +29,7 @@ public enum PromptTemplate: String, CaseIterable, Sendable {
     case alpaca, chatml, llama2, llama3, mistral
 }
 
-/// One training/evaluation row: `ids` and `labels` are aligned, a label of -100 means no loss.
-/// Position t predicts token t+1; the loss uses `labels[t+1]`.
-public struct TokenizedRow: Equatable, Sendable {
-    public let ids: [Int]
-    public let labels: [Int]
-
-    public init(ids: [Int], labels: [Int]) {
-        self.ids = ids
-        self.labels = labels
-    }
-
+extension TokenizedRow {
     /// `[BOS] + prompt + response + [EOS]`, labelled only on response and EOS, both cut to `seqLen`.
     /// BOS/EOS are left out when `special` has none.
     public init(promptIDs: [Int], responseIDs: [Int], special: SpecialTokens, seqLen: Int) {
@@ -59,12 +50,6 @@ public struct TokenizedRow: Equatable, Sendable {
             labels.append(eos)
         }
         self.init(ids: Array(ids.prefix(seqLen)), labels: Array(labels.prefix(seqLen)))
-    }
-
-    /// The number of tokens whose label counts towards the loss (the first label never does:
-    /// no position predicts it).
-    public var lossTokens: Int {
-        labels.dropFirst().reduce(0) { $0 + ($1 == -100 ? 0 : 1) }
     }
 }
 

@@ -1,4 +1,6 @@
 import Foundation
+import ILAEngine
+import ILAModel
 import ILADiff
 
 /// Hyper-parameters of `ila-mask learn` (defaults: DESIGN.md section 1).
@@ -39,6 +41,25 @@ public struct SplitMix64: Codable, Sendable, Equatable {
     }
 }
 
+/// One step of a learn run as ranking.json's `history` records it.
+public struct LearnStep: Codable, Sendable, Equatable {
+    public var step: Int
+    public var nll: Double
+    public var meanGamma: Double
+    public var j: Double?
+    enum CodingKeys: String, CodingKey {
+        case step, nll
+        case meanGamma = "mean_gamma"
+        case j = "J"
+    }
+    public init(step: Int, nll: Double, meanGamma: Double, j: Double?) {
+        self.step = step
+        self.nll = nll
+        self.meanGamma = meanGamma
+        self.j = j
+    }
+}
+
 /// Everything needed to continue a learn run exactly where it stopped.
 public struct LearnState: Codable, Sendable, Equatable {
     public var format = "ila-learn-state"
@@ -52,7 +73,7 @@ public struct LearnState: Codable, Sendable, Equatable {
     public var scores: [Double]
     public var adam: AdamOptimizer
     public var rng: SplitMix64
-    public var history: [Ranking.HistoryEntry]
+    public var history: [LearnStep]
     /// s after each step, [step][layer].
     public var trajectory: [[Double]]
 
@@ -118,7 +139,7 @@ public struct MaskLearner {
             throw ILAError("objective became non-finite at step \(state.step + 1) (NLL \(v.nll))")
         }
         let meanGamma = state.scores.map(MaskObjective.sigmoid).reduce(0, +) / Double(state.scores.count)
-        state.history.append(Ranking.HistoryEntry(step: state.step, nll: v.nll, meanGamma: meanGamma, j: v.j))
+        state.history.append(LearnStep(step: state.step, nll: v.nll, meanGamma: meanGamma, j: v.j))
         state.adam.update(&state.scores, grad: v.gradient)
         state.step += 1
         state.trajectory.append(state.scores)

@@ -1,4 +1,6 @@
 import Foundation
+import ILAEngine
+import ILAModel
 
 /// The ILA objective over mask logits s (DESIGN.md section 1):
 ///

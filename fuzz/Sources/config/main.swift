@@ -2,6 +2,7 @@ import Foundation
 import FuzzSupport
 import ILADiff
 import ILAMask
+import ILAModel
 
 // config.json: Architectures.load, then the BOS/EOS resolution that reads the same file.
 let tokenizer = try! Tokenizer(path: Fuzz.fixture("tiny/base-A/tokenizer.json"))

@@ -1,6 +1,6 @@
 import Foundation
 import FuzzSupport
-import ILAMask
+import ILARanking
 
 // ranking.json: Ranking.load and what readers do with a loaded ranking.
 @_cdecl("LLVMFuzzerTestOneInput")

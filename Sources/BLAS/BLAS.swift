@@ -1,6 +1,13 @@
 import COpenBLAS
 import Foundation
 
+/// A LAPACK routine's failure, with its own `info` code.
+public struct LAPACKError: Error, CustomStringConvertible, Sendable {
+    public let routine: String
+    public let info: Int
+    public var description: String { "LAPACK \(routine) failed (info \(info)\(info > 0 ? ": did not converge" : ": bad argument"))" }
+}
+
 /// Every BLAS and LAPACK call of the project goes through here. Matrices are row-major.
 public enum BLAS {
     /// C[m, n] = alpha · op(A) · op(B) + beta · C, row-major; op(A) is [m, k], op(B) is [k, n].
@@ -58,7 +65,7 @@ public enum BLAS {
         lwork = Int32(query) + 1
         var w = [Float](repeating: 0, count: Int(lwork))
         sgesdd_(&jobz, &M, &N, &work, &lda, &s, &lu, &ldu, &lvt, &ldvt, &w, &lwork, &iwork, &info)
-        guard info == 0 else { throw ILAError("SVD did not converge (LAPACK sgesdd info \(info))") }
+        guard info == 0 else { throw LAPACKError(routine: "sgesdd", info: Int(info)) }
         return (lvt, s, lu)
     }
 }

@@ -1,5 +1,7 @@
 import Foundation
+import ILABLAS
 import ILADiff
+import ILAModel
 
 // Each op's forward and backward side by side, on row-major buffers (llm.c style).
 // T = tokens of the micro-batch, H = hidden size. Backward functions ADD into their input

@@ -1,5 +1,7 @@
 import Foundation
+import ILABLAS
 import ILADiff
+import ILAModel
 
 /// A layer's update as the engine applies it: W = W0 + γ·Δ.
 enum MaskedUpdate {

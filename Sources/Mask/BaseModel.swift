@@ -1,4 +1,5 @@
 import Foundation
+import ILAModel
 import ILADiff
 
 /// A base model ready to run: its checkpoint, its architecture description, weights, and

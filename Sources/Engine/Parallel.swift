@@ -1,4 +1,5 @@
 import Foundation
+import ILABLAS
 
 /// Number of worker threads for the engine's own loops (BLAS threads itself).
 let engineThreads = max(1, ProcessInfo.processInfo.activeProcessorCount)

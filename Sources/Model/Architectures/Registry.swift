@@ -92,7 +92,7 @@ public enum Architectures {
             // Foundation's decoder reports an integer key holding 1e300 or 2^70 as invalid JSON.
             let intKeys = ["hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                            "head_dim", "intermediate_size", "vocab_size", "sliding_window", "max_position_embeddings"]
-            if let k = intKeys.first(where: { dict[$0].map { $0 is NSNumber && jsonInt($0) == nil } ?? false }) {
+            if let k = intKeys.first(where: { dict[$0].map { ($0 as? NSNumber).map { Int(exactly: $0.doubleValue) == nil } ?? false } ?? false }) {
                 throw ILAError(file: path, "\(k) \(dict[k]!) is not an integer in range")
             }
             throw ILAError(file: path, "a value is out of range or of the wrong kind")

@@ -1,4 +1,5 @@
 import Foundation
+import ILADiff
 
 /// A fixed-size, zero-initialised Float32 buffer owning its memory. The engine's tensors are
 /// these, addressed row-major by the code that uses them; raw pointers stay inside the engine.
