@@ -159,7 +159,7 @@ struct LearnCommand: ParsableCommand {
             var ranking = Ranking.from(scores: Array(zip(engine.maskedLayers, state.scores)),
                                        gammas: state.scores.map(MaskObjective.sigmoid),
                                        architecture: base.spec.architecture,
-                                       blocks: base.spec.blocks,
+                                       blocks: base.spec.blocks, kinds: base.spec.kinds.map(\.rawValue),
                                        source: Ranking.Source(base: model.base, deltas: store?.path ?? "", data: model.data,
                                                               tool: "ila-mask \(ilaVersion)"),
                                        objective: objective,

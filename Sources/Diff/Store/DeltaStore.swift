@@ -324,7 +324,7 @@ public final class DeltaStore: @unchecked Sendable {
         for member in members {
             guard let layer = LinearLayer(name: member) else {
                 throw ILAError(file: name, "/layers/\(member) is not a linear layer name "
-                               + "(expected <...>.layers.<block>.<...>.<q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj>)")
+                               + "(expected <...>.layers.<block>.<...>.<kind>, the kind a linear module such as q_proj, qkv_proj or down_proj)")
             }
             do {
                 stored[member] = try Self.validate(layer, in: layersGroup)

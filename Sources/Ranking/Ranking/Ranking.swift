@@ -116,7 +116,9 @@ public struct Ranking: Codable, Sendable, Equatable {
 
     /// Builds a ranking from scores in any order: layers sorted canonically, ranks by score
     /// descending with ties broken by canonical order.
+    /// `kinds`: the architecture's linear kinds in block order (default: those scored, in canonical order).
     public static func from(scores: [(LinearLayer, Double)], gammas: [Double]? = nil, architecture: String, blocks: Int,
+                            kinds architectureKinds: [String]? = nil,
                             source: Source?, objective: Objective?, history: [HistoryEntry]?) -> Ranking {
         var entries = scores.enumerated().map { (i, e) in (layer: e.0, score: e.1, gamma: gammas?[i]) }
         entries.sort { $0.layer < $1.layer }
@@ -125,7 +127,7 @@ public struct Ranking: Codable, Sendable, Equatable {
         }
         var rank = [Int](repeating: 0, count: entries.count)
         for (r, i) in order.enumerated() { rank[i] = r + 1 }
-        let kinds = LayerKind.ordered(entries.map(\.layer.kind)).map(\.rawValue)
+        let kinds = architectureKinds ?? LayerKind.ordered(entries.map(\.layer.kind)).map(\.rawValue)
         let layers = entries.enumerated().map { i, e in
             Layer(name: e.layer.name, block: e.layer.block, kind: e.layer.kind.rawValue, score: e.score, gamma: e.gamma, rank: rank[i])
         }
