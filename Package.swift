@@ -5,6 +5,9 @@ import PackageDescription
 // mask and scores (Mask) → ranking and exports (Ranking) → transfer (Transfer).
 // Ranking, exports and transfer depend on neither the engine nor the tokenizer.
 let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
+// Optimised in every configuration (the test suite runs debug builds over real checkpoints);
+// bounds and overflow checks stay on everywhere but in the engine's inner loops.
+let optimized: [SwiftSetting] = [.unsafeFlags(["-O"])]
 
 let package = Package(
     name: "ila",
@@ -29,18 +32,19 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
         // BLAS and LAPACK calls (GEMM for the engine, SVD and Gram matrices for the deltas).
-        .target(name: "ILABLAS", dependencies: ["COpenBLAS"], path: "Sources/BLAS"),
+        .target(name: "ILABLAS", dependencies: ["COpenBLAS"], path: "Sources/BLAS", swiftSettings: optimized),
 
         // checkpoint readers, deltas, the HDF5 delta store, shared CLI support (parsers of user files:
         // bounds and overflow checks stay on)
-        .target(name: "ILADiff", dependencies: ["CHDF5", "ILABLAS"], path: "Sources/Diff"),
+        .target(name: "ILADiff", dependencies: ["CHDF5", "ILABLAS"], path: "Sources/Diff", swiftSettings: optimized),
         // architecture descriptions: config.json per family, RoPE variants, weights
-        .target(name: "ILAModel", dependencies: ["ILADiff"], path: "Sources/Model"),
+        .target(name: "ILAModel", dependencies: ["ILADiff"], path: "Sources/Model", swiftSettings: optimized),
         // the engine's inner loops (pointer arithmetic on buffers it sized itself)
         .target(name: "ILAEngine", dependencies: ["ILAModel", "ILABLAS", "ILADiff"], path: "Sources/Engine",
                 swiftSettings: [.unsafeFlags(["-Ounchecked"])]),
         // tokenizer, data, the ILA objective and learner
-        .target(name: "ILAMask", dependencies: ["ILADiff", "ILAModel", "ILAEngine"], path: "Sources/Mask"),
+        .target(name: "ILAMask", dependencies: ["ILADiff", "ILAModel", "ILAEngine"], path: "Sources/Mask",
+                swiftSettings: optimized),
         // rankings, comparison, selections and their export formats
         .target(name: "ILARanking", dependencies: ["ILADiff"], path: "Sources/Ranking"),
         // ranking transfer across models

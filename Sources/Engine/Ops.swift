@@ -59,11 +59,46 @@ func pgemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int, a
     }
 }
 
-// MARK: Linear  y = x · Wᵀ (+ b)
+// MARK: Weights in the checkpoint's dtype, widened tile by tile
 
-/// out [T, O] (row stride ldOut) = x [T, I] · w[O, I]ᵀ (+ bias [O]); with `accumulate` adds to out.
-func linearForward(_ out: FPtr, ldOut: Int, _ x: CPtr, _ w: CPtr, _ bias: CPtr?, T: Int, I: Int, O: Int, accumulate: Bool = false) {
-    pgemm(transB: true, m: T, n: O, k: I, x, w, beta: accumulate ? 1 : 0, out, ldc: ldOut)
+/// The matrix a linear op multiplies by: W (float32, bf16 or f16) plus γ·Δ when a full delta
+/// is masked in. Never materialised as a whole: tiles of rows are widened as GEMMs use them.
+struct EffectiveWeight {
+    let w: WeightMatrix
+    /// Δ [rows, cols] float32, or nil.
+    let delta: CPtr?
+    let gamma: Float
+}
+
+/// Calls `body(rows, tile)` over row tiles of W + γΔ, each widened into `scratch` (as many rows as
+/// fit); a float32 W without delta is passed whole, in place.
+func forEachTile(_ e: EffectiveWeight, scratch: FloatBuffer, _ body: (Range<Int>, CPtr) -> Void) {
+    if let p = e.w.float32, e.delta == nil { body(0..<e.w.rows, p); return }
+    let rows = e.w.rows, cols = e.w.cols
+    let tileRows = max(1, min(rows, scratch.count / max(cols, 1)))
+    var r0 = 0
+    while r0 < rows {
+        let r1 = min(rows, r0 + tileRows)
+        parallelFor(r1 - r0, minChunk: max(1, 65536 / max(cols, 1))) { rr in
+            let dst = scratch.p + rr.lowerBound * cols
+            e.w.widen(rows: (r0 + rr.lowerBound)..<(r0 + rr.upperBound), into: dst)
+            if let d = e.delta {
+                let g = e.gamma, src = d + (r0 + rr.lowerBound) * cols
+                for i in 0..<(rr.count * cols) { dst[i] = dst[i] + g * src[i] }
+            }
+        }
+        body(r0..<r1, UnsafePointer(scratch.p))
+        r0 = r1
+    }
+}
+
+/// out [T, O] (row stride ldOut) = x [T, I] · Wᵀ (+ bias [O]); with `accumulate` adds to out.
+func linearForward(_ out: FPtr, ldOut: Int, _ x: CPtr, _ w: EffectiveWeight, _ bias: CPtr?, T: Int,
+                   accumulate: Bool = false, scratch: FloatBuffer) {
+    let I = w.w.cols, O = w.w.rows
+    forEachTile(w, scratch: scratch) { r, tile in
+        pgemm(transB: true, m: T, n: r.count, k: I, x, tile, beta: accumulate ? 1 : 0, out + r.lowerBound, ldc: ldOut)
+    }
     if let bias {
         parallelFor(T, minChunk: 256) { range in
             for t in range { let o = out + t * ldOut; for j in 0..<O { o[j] += bias[j] } }
@@ -71,9 +106,12 @@ func linearForward(_ out: FPtr, ldOut: Int, _ x: CPtr, _ w: CPtr, _ bias: CPtr?,
     }
 }
 
-/// dx [T, I] += dout [T, O] (row stride ldOut) · w [O, I].
-func linearBackwardInput(_ dx: FPtr, _ dout: CPtr, ldOut: Int, _ w: CPtr, T: Int, I: Int, O: Int) {
-    pgemm(m: T, n: I, k: O, dout, lda: ldOut, w, beta: 1, dx)
+/// dx [T, I] += dout [T, O] (row stride ldOut) · W [O, I].
+func linearBackwardInput(_ dx: FPtr, _ dout: CPtr, ldOut: Int, _ w: EffectiveWeight, T: Int, scratch: FloatBuffer) {
+    let I = w.w.cols
+    forEachTile(w, scratch: scratch) { r, tile in
+        pgemm(m: T, n: I, k: r.count, dout + r.lowerBound, lda: ldOut, tile, beta: 1, dx)
+    }
 }
 
 // MARK: Per-head RMSNorm of q and k (Qwen3, Gemma 3)
@@ -250,10 +288,11 @@ func addInPlace(_ a: FPtr, _ b: CPtr, _ n: Int) {
 /// For n hidden rows x [n, H] with targets, computes logits = x · lmHeadᵀ [n, V] into `logits`
 /// (soft-capped when `softcap` is set), returns Σ NLL, and (when `dx` is given) writes
 /// dx [n, H] = scale · d(NLL)/dx.
-func crossEntropyForwardBackward(_ x: CPtr, targets: [Int32], lmHead: CPtr, V: Int, H: Int, softcap: Float?,
-                                 logits: FPtr, nll: FPtr?, dx: FPtr?, scale: Float) -> Double {
-    let n = targets.count
-    pgemm(transB: true, m: n, n: V, k: H, x, lmHead, logits)
+func crossEntropyForwardBackward(_ x: CPtr, targets: [Int32], lmHead: WeightMatrix, softcap: Float?,
+                                 logits: FPtr, nll: FPtr?, dx: FPtr?, scale: Float, scratch: FloatBuffer) -> Double {
+    let n = targets.count, V = lmHead.rows, H = lmHead.cols
+    let head = EffectiveWeight(w: lmHead, delta: nil, gamma: 0)
+    linearForward(logits, ldOut: V, x, head, nil, T: n, scratch: scratch)
     // Per-position losses land in `losses` and are summed in order, so the total does not
     // depend on how positions were split across threads.
     var losses = [Double](repeating: 0, count: n)
@@ -287,6 +326,9 @@ func crossEntropyForwardBackward(_ x: CPtr, targets: [Int32], lmHead: CPtr, V: I
         }
     }
     let total = losses.reduce(0, +)
-    if let dx { pgemm(m: n, n: H, k: V, logits, lmHead, dx) }
+    if let dx {
+        dx.update(repeating: 0, count: n * H)
+        linearBackwardInput(dx, logits, ldOut: V, head, T: n, scratch: scratch)
+    }
     return total
 }

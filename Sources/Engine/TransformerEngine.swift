@@ -5,8 +5,8 @@ import ILAModel
 
 /// A layer's update as the engine applies it: W = W0 + γ·Δ.
 enum MaskedUpdate {
-    /// Δ row-major [out, in]; `effective` holds W0 + γΔ for the current γ.
-    case full(delta: FloatBuffer, effective: FloatBuffer)
+    /// Δ row-major [out, in]; W0 + γΔ is formed tile by tile as the GEMMs use it.
+    case full(delta: FloatBuffer)
     /// Δ = scale · B·A, A [r, in], B [out, r]; never materialised.
     case lora(a: FloatBuffer, b: FloatBuffer, rank: Int, scale: Float)
 }
@@ -105,6 +105,8 @@ public final class TransformerEngine: @unchecked Sendable {
     /// Per block: tables for the rope types whose tables do not depend on the row.
     private let fixedRope: [RopeTables?]
     public let maxSequenceLength: Int
+    /// Where bf16/f16 weights (and W0 + γΔ) are widened tile by tile for the GEMMs.
+    private let tileScratch: FloatBuffer
     /// Upper bound of tokens per micro-batch (a row longer than this still runs, alone).
     public var tokenBudget: Int
 
@@ -114,8 +116,10 @@ public final class TransformerEngine: @unchecked Sendable {
     /// - Parameters:
     ///   - tokenBudget: tokens per micro-batch; by default as many as fit in `activationMemory`
     ///     bytes (at most 4096), so a large model runs a row at a time.
+    ///   - tileFloats: floats of the scratch that bf16/f16 weights and W0 + γΔ are widened into,
+    ///     a tile of rows at a time (default 4 M; at least one row of the widest matrix).
     public init(weights: ModelWeights, deltas: [LayerDelta], maxSequenceLength: Int = 4096, tokenBudget: Int? = nil,
-                activationMemory: Int = 2 << 30) throws {
+                activationMemory: Int = 2 << 30, tileFloats: Int = 1 << 22) throws {
         spec = weights.spec
         self.weights = weights
         // The engine splits work across cores itself; OpenBLAS threads would spin against it.
@@ -140,16 +144,19 @@ public final class TransformerEngine: @unchecked Sendable {
             slot[l.block][l.kind] = i
             switch d.payload {
             case .full(let delta):
-                guard let w0 = weights.blocks[l.block].linear[l.kind] else { throw ILAError("delta \(l.name): no base weight") }
-                let eff = FloatBuffer(w0.count)
-                eff.p.update(from: w0.p, count: w0.count)
-                updates.append(.full(delta: FloatBuffer(delta), effective: eff))
+                updates.append(.full(delta: FloatBuffer(delta)))
             case .factors(let a, let b, let r, let scale):
                 updates.append(.lora(a: FloatBuffer(a), b: FloatBuffer(b), rank: r, scale: scale))
             }
         }
         self.slot = slot
         self.updates = updates
+        // 4 M floats (16 MiB) of rows at a time, at least one row of the widest matrix.
+        let widest = max(spec.hiddenSize, spec.linears.map(\.inFeatures).max() ?? 0)
+        let allFloat32 = weights.embed.float32 != nil && weights.lmHead.float32 != nil
+            && weights.blocks.allSatisfy { $0.linear.values.allSatisfy { $0.float32 != nil } }
+        let hasFull = updates.contains { if case .full = $0 { return true } else { return false } }
+        tileScratch = FloatBuffer(allFloat32 && !hasFull ? 0 : max(widest, tileFloats))
         maskedLayers = deltas.map(\.layer)
         currentGamma = [Float](repeating: 0, count: deltas.count)
         // One table per distinct rope, shared by the blocks that use it.
@@ -225,17 +232,7 @@ public final class TransformerEngine: @unchecked Sendable {
         return out
     }
 
-    /// Refreshes W0 + γΔ of full deltas whose γ changed.
-    private func setGamma(_ gamma: [Float]) {
-        for (i, u) in updates.enumerated() {
-            guard case .full(let delta, let eff) = u, gamma[i] != currentGamma[i] else { continue }
-            let l = maskedLayers[i]
-            guard let w0 = weights.blocks[l.block].linear[l.kind] else { continue }
-            let g = gamma[i]
-            parallelFor(eff.count, minChunk: 1 << 16) { r in for j in r { eff.p[j] = w0.p[j] + g * delta.p[j] } }
-        }
-        currentGamma = gamma
-    }
+    private func setGamma(_ gamma: [Float]) { currentGamma = gamma }
 
     private func ropeTables(block: Int, length: Int) -> RopeTables {
         fixedRope[block] ?? spec.layers[block].rope.tables(positions: length, length: length)
@@ -244,17 +241,20 @@ public final class TransformerEngine: @unchecked Sendable {
     // MARK: masked linear layers
 
     /// The weight used for x·Wᵀ: W0 + γΔ for full deltas, W0 otherwise.
-    private func weight(_ block: Int, _ kind: LayerKind) -> FloatBuffer {
-        if let i = slot[block][kind], case .full(_, let eff) = updates[i] { return eff }
-        return weights.blocks[block].linear[kind]!
+    private func weight(_ block: Int, _ kind: LayerKind) -> EffectiveWeight {
+        let w0 = weights.blocks[block].linear[kind]!
+        if let i = slot[block][kind], case .full(let delta) = updates[i], currentGamma[i] != 0 {
+            return EffectiveWeight(w: w0, delta: UnsafePointer(delta.p), gamma: currentGamma[i])
+        }
+        return EffectiveWeight(w: w0, delta: nil, gamma: 0)
     }
 
     /// out [T, O] (row stride ldOut) = x·(W0 + γΔ)ᵀ (+ bias), added to out with `accumulate`;
     /// keeps u = x·Aᵀ of LoRA layers for backward.
     private func maskedForward(_ out: FPtr, ldOut: Int, _ x: CPtr, block: Int, _ l: LinearSpec, T: Int,
                                acts: Activations, gradient: Bool, accumulate: Bool = false) {
-        linearForward(out, ldOut: ldOut, x, weight(block, l.kind).p, weights.blocks[block].bias[l.kind]?.p,
-                      T: T, I: l.inFeatures, O: l.outFeatures, accumulate: accumulate)
+        linearForward(out, ldOut: ldOut, x, weight(block, l.kind), weights.blocks[block].bias[l.kind]?.p,
+                      T: T, accumulate: accumulate, scratch: tileScratch)
         guard let i = slot[block][l.kind], case .lora(let a, let b, let r, let scale) = updates[i] else { return }
         let g = currentGamma[i]
         if g == 0 && !gradient { return }
@@ -268,10 +268,10 @@ public final class TransformerEngine: @unchecked Sendable {
     private func maskedBackward(_ dx: FPtr, _ dy: CPtr, ldOut: Int, _ x: CPtr, block: Int, _ l: LinearSpec, T: Int,
                                 acts: Activations, scratch: Scratch, dGamma: inout [Double]) {
         let O = l.outFeatures, I = l.inFeatures
-        linearBackwardInput(dx, dy, ldOut: ldOut, weight(block, l.kind).p, T: T, I: I, O: O)
+        linearBackwardInput(dx, dy, ldOut: ldOut, weight(block, l.kind), T: T, scratch: tileScratch)
         guard let i = slot[block][l.kind] else { return }
         switch updates[i] {
-        case .full(let delta, _):
+        case .full(let delta):
             // dW = dYᵀ·x [O, I]; dγ = ⟨Δ, dW⟩
             let dW = scratch.weightGrad
             pgemm(transA: true, m: O, n: I, k: T, dy, lda: ldOut, x, dW.p)
@@ -341,7 +341,7 @@ public final class TransformerEngine: @unchecked Sendable {
         let x0 = acts.xIn[0]
         for (t, id) in rows.flatMap(\.ids).enumerated() {
             let dst = x0.p + t * H
-            dst.update(from: weights.embed.p + id * H, count: H)
+            weights.embed.widen(rows: id..<(id + 1), into: dst)
             if let s = c.embeddingScale { for i in 0..<H { dst[i] *= s } }
         }
         // Blocks.
@@ -427,9 +427,9 @@ public final class TransformerEngine: @unchecked Sendable {
         while p0 < positions.count {
             let n = min(chunk, positions.count - p0)
             for j in 0..<n { (sel.p + j * H).update(from: acts.xnF.p + positions[p0 + j] * H, count: H) }
-            result.nllSum += crossEntropyForwardBackward(sel.p, targets: Array(targets[p0..<(p0 + n)]), lmHead: weights.lmHead.p,
-                                                         V: c.vocabSize, H: H, softcap: c.finalSoftcap, logits: logits.p, nll: nil,
-                                                         dx: gradient ? dsel.p : nil, scale: 1)
+            result.nllSum += crossEntropyForwardBackward(sel.p, targets: Array(targets[p0..<(p0 + n)]), lmHead: weights.lmHead,
+                                                         softcap: c.finalSoftcap, logits: logits.p, nll: nil,
+                                                         dx: gradient ? dsel.p : nil, scale: 1, scratch: tileScratch)
             if let scratch {
                 for j in 0..<n {
                     let d = scratch.dx.p + positions[p0 + j] * H, s = dsel.p + j * H

@@ -9,13 +9,14 @@ public final class BaseModel: @unchecked Sendable {
     public let spec: TransformerSpec
     public let weights: ModelWeights
 
-    public init(path: String) throws {
+    /// - Parameter widenWeights: hold bf16/f16 matrices as float32 (twice the memory, same results).
+    public init(path: String, widenWeights: Bool = false) throws {
         checkpoint = try ModelCheckpoint(path: path)
         guard let configPath = checkpoint.sidecar("config.json") else {
             throw ILAError(file: path, "no config.json (the engine needs a model directory, not a bare .safetensors file)")
         }
         spec = try Architectures.load(configAt: configPath)
-        weights = try ModelWeights.load(spec: spec, checkpoint: checkpoint)
+        weights = try ModelWeights.load(spec: spec, checkpoint: checkpoint, widen: widenWeights)
     }
 
     /// tokenizer.json and the BOS/EOS ids of this model.

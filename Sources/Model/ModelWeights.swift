@@ -11,13 +11,13 @@ public final class BlockWeights: @unchecked Sendable {
     /// q/k norms [head_dim] (Qwen3, Gemma 3).
     public let qNorm: FloatBuffer?
     public let kNorm: FloatBuffer?
-    /// Linear weights by kind, row-major [out, in].
-    public let linear: [LayerKind: FloatBuffer]
+    /// Linear weights by kind, row-major [out, in], in the checkpoint's dtype.
+    public let linear: [LayerKind: WeightMatrix]
     /// Biases [out] of the kinds that have them.
     public let bias: [LayerKind: FloatBuffer]
 
     init(inputNorm: FloatBuffer, mlpNorm: FloatBuffer, attentionOutNorm: FloatBuffer?, mlpOutNorm: FloatBuffer?,
-         qNorm: FloatBuffer?, kNorm: FloatBuffer?, linear: [LayerKind: FloatBuffer], bias: [LayerKind: FloatBuffer]) {
+         qNorm: FloatBuffer?, kNorm: FloatBuffer?, linear: [LayerKind: WeightMatrix], bias: [LayerKind: FloatBuffer]) {
         self.inputNorm = inputNorm
         self.mlpNorm = mlpNorm
         self.attentionOutNorm = attentionOutNorm
@@ -29,18 +29,29 @@ public final class BlockWeights: @unchecked Sendable {
     }
 }
 
-/// All weights of a model, Float32, loaded by its TransformerSpec.
+/// All weights of a model, loaded by its TransformerSpec: matrices in the checkpoint's dtype
+/// (bf16 stays bf16), norms and biases in float32.
 public final class ModelWeights: @unchecked Sendable {
     public let spec: TransformerSpec
     /// [vocab, hidden]
-    public let embed: FloatBuffer
+    public let embed: WeightMatrix
     public let blocks: [BlockWeights]
     /// [hidden], as multiplied (Gemma: 1 + w)
     public let finalNorm: FloatBuffer
     /// [vocab, hidden]; the embedding itself when tied.
-    public let lmHead: FloatBuffer
+    public let lmHead: WeightMatrix
 
-    init(spec: TransformerSpec, embed: FloatBuffer, blocks: [BlockWeights], finalNorm: FloatBuffer, lmHead: FloatBuffer) {
+    /// Bytes the weights hold.
+    public var bytes: Int {
+        var n = embed.bytes + (lmHead === embed ? 0 : lmHead.bytes) + 4 * finalNorm.count
+        for b in blocks {
+            n += b.linear.values.map(\.bytes).reduce(0, +) + 4 * b.bias.values.map(\.count).reduce(0, +)
+            n += 4 * ([b.inputNorm, b.mlpNorm, b.attentionOutNorm, b.mlpOutNorm, b.qNorm, b.kNorm].compactMap { $0?.count }.reduce(0, +))
+        }
+        return n
+    }
+
+    init(spec: TransformerSpec, embed: WeightMatrix, blocks: [BlockWeights], finalNorm: FloatBuffer, lmHead: WeightMatrix) {
         self.spec = spec
         self.embed = embed
         self.blocks = blocks
@@ -49,8 +60,8 @@ public final class ModelWeights: @unchecked Sendable {
     }
 
     /// Loads every tensor the architecture needs, checking names and shapes; a missing or
-    /// unexpected tensor is an error naming it.
-    public static func load(spec: TransformerSpec, checkpoint: ModelCheckpoint) throws -> ModelWeights {
+    /// unexpected tensor is an error naming it. With `widen`, bf16/f16 matrices become float32.
+    public static func load(spec: TransformerSpec, checkpoint: ModelCheckpoint, widen: Bool = false) throws -> ModelWeights {
         var used = Set<String>()
         func values(_ name: String, _ shape: [Int]) throws -> [Float] {
             guard let info = checkpoint.info(name) else {
@@ -67,6 +78,14 @@ public final class ModelWeights: @unchecked Sendable {
             return v
         }
         func tensor(_ name: String, _ shape: [Int]) throws -> FloatBuffer { FloatBuffer(try values(name, shape)) }
+        func matrix(_ name: String, _ rows: Int, _ cols: Int) throws -> WeightMatrix {
+            guard let info = checkpoint.info(name) else { throw ILAError(file: checkpoint.path, "missing tensor \(name)") }
+            guard info.shape == [rows, cols] else {
+                throw ILAError(file: checkpoint.file(of: name) ?? checkpoint.path, "tensor \(name) has shape \(info.shape), config.json implies \([rows, cols])")
+            }
+            used.insert(name)
+            return try WeightMatrix.load(name, rows: rows, cols: cols, from: checkpoint, widen: widen)
+        }
         func norm(_ name: String, _ n: Int) throws -> FloatBuffer {
             let w = try values(name, [n])
             switch spec.norm {
@@ -75,14 +94,14 @@ public final class ModelWeights: @unchecked Sendable {
             }
         }
         let s = spec, h = s.hiddenSize, n = s.names
-        let embed = try tensor(n.embed, [s.vocabSize, h])
+        let embed = try matrix(n.embed, s.vocabSize, h)
         var blocks: [BlockWeights] = []
         for b in 0..<s.blocks {
             let p = "\(n.blockPrefix)\(b)."
-            var linear: [LayerKind: FloatBuffer] = [:]
+            var linear: [LayerKind: WeightMatrix] = [:]
             var bias: [LayerKind: FloatBuffer] = [:]
             for l in s.linears {
-                linear[l.kind] = try tensor(p + l.path + ".weight", [l.outFeatures, l.inFeatures])
+                linear[l.kind] = try matrix(p + l.path + ".weight", l.outFeatures, l.inFeatures)
                 if l.bias { bias[l.kind] = try tensor(p + l.path + ".bias", [l.outFeatures]) }
             }
             blocks.append(BlockWeights(
@@ -94,12 +113,12 @@ public final class ModelWeights: @unchecked Sendable {
                 linear: linear, bias: bias))
         }
         let finalNorm = try norm(n.finalNorm, h)
-        let lmHead: FloatBuffer
+        let lmHead: WeightMatrix
         if s.tieWordEmbeddings {
             lmHead = embed
             if checkpoint.contains(n.lmHead) { used.insert(n.lmHead) }
         } else {
-            lmHead = try tensor(n.lmHead, [s.vocabSize, h])
+            lmHead = try matrix(n.lmHead, s.vocabSize, h)
         }
         for name in checkpoint.names where !used.contains(name) && !name.hasSuffix("rotary_emb.inv_freq") {
             throw ILAError(file: checkpoint.file(of: name) ?? checkpoint.path, "unexpected tensor \(name) for \(s.architecture) with \(s.blocks) blocks")

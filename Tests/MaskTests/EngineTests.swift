@@ -113,6 +113,35 @@ final class EngineTests: XCTestCase {
         }
     }
 
+    /// bf16 weights kept as bf16 and widened tile by tile give the float32 path's results, in
+    /// half the memory (LoRA and full deltas, forward and gate gradient).
+    func testBF16ResidentWeightsEqualFloat32Path() throws {
+        for aligned in ["lora-pyapi", "full-pyapi"] {
+            let resident = try BaseModel(path: Fixtures.tiny + "/base-A")
+            let widened = try BaseModel(path: Fixtures.tiny + "/base-A", widenWeights: true)
+            XCTAssertEqual(resident.weights.blocks[0].linear[.q_proj]?.precision, .bfloat16)
+            XCTAssertEqual(widened.weights.blocks[0].linear[.q_proj]?.precision, .float32)
+            XCTAssertLessThan(Double(resident.weights.bytes), 0.52 * Double(widened.weights.bytes))
+            let computer = try DeltaComputer(base: resident.checkpoint, aligned: try AlignedCheckpoint.open(Fixtures.tiny + "/" + aligned))
+            let deltas = try computer.layers.map { try computer.delta(for: $0) }
+            let rows = try resident.rows(path: Fixtures.data + "/pyapi.train.jsonl", template: .alpaca, seqLen: 64, limit: 6)
+            let gamma = (0..<deltas.count).map { Float(0.2 + 0.6 * Double($0 % 5) / 4) }
+            let a = try TransformerEngine(weights: resident.weights, deltas: deltas).gradient(rows: rows, gamma: gamma)
+            // Tiles of a single row (every matrix, the lm_head included, crosses many tiles).
+            let t = try TransformerEngine(weights: resident.weights, deltas: deltas, tileFloats: 1).gradient(rows: rows, gamma: gamma)
+            XCTAssertEqual(t.nllSum, a.nllSum, accuracy: 1e-6 * a.nllSum, "\(aligned) one-row tiles")
+            for i in 0..<gamma.count {
+                XCTAssertEqual(t.dNllSumDGamma[i], a.dNllSumDGamma[i], accuracy: 1e-5 * abs(a.dNllSumDGamma[i]) + 1e-7, "\(aligned) tiles \(i)")
+            }
+            let b = try TransformerEngine(weights: widened.weights, deltas: deltas).gradient(rows: rows, gamma: gamma)
+            XCTAssertEqual(a.tokens, b.tokens)
+            XCTAssertEqual(a.nllSum, b.nllSum, accuracy: 1e-6 * b.nllSum, aligned)
+            for i in 0..<gamma.count {
+                XCTAssertEqual(a.dNllSumDGamma[i], b.dNllSumDGamma[i], accuracy: 1e-5 * abs(b.dNllSumDGamma[i]) + 1e-7, "\(aligned) \(i)")
+            }
+        }
+    }
+
     /// Splitting a batch into micro-batches changes nothing.
     func testMicroBatchesGiveTheSameResult() throws {
         let (base, engine, _) = try makeEngine(set: Fixtures.tiny, aligned: "lora-define-100")

@@ -84,6 +84,12 @@ public final class ModelCheckpoint: @unchecked Sendable {
         return try files[i].floats(name)
     }
 
+    /// A BF16/F16 tensor's 16-bit values as stored (nil for other dtypes).
+    public func halfBits(_ name: String) throws -> [UInt16]? {
+        guard let i = location[name], let t = files[i].info(name) else { throw ILAError(file: path, "no tensor named \(name)") }
+        return files[i].halfBits(t)
+    }
+
     /// A file beside the weights (config.json, tokenizer.json …), or nil.
     public func sidecar(_ fileName: String) -> String? {
         guard let directory else { return nil }

@@ -137,6 +137,21 @@ public final class SafetensorsFile: @unchecked Sendable {
         }
     }
 
+    /// A BF16 or F16 tensor's 16-bit values copied as they are (little-endian host order),
+    /// for weights that stay in the checkpoint's dtype; nil for other dtypes.
+    public func halfBits(_ t: TensorInfo) -> [UInt16]? {
+        guard t.dtype == .BF16 || t.dtype == .F16 else { return nil }
+        let n = t.count
+        guard n > 0, let base = file.base else { return [] }
+        let src = base + t.offset
+        defer { file.release(offset: t.offset, count: t.byteCount) }
+        return [UInt16](unsafeUninitializedCapacity: n) { buf, initialized in
+            let dst = buf.baseAddress!
+            for i in 0..<n { dst[i] = src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self).littleEndian }
+            initialized = n
+        }
+    }
+
     /// Raw bytes of a tensor (any dtype), e.g. for copying untouched.
     public func rawBytes(_ t: TensorInfo) -> UnsafeRawBufferPointer {
         guard let base = file.base else { return UnsafeRawBufferPointer(start: nil, count: 0) }
