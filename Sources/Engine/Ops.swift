@@ -114,22 +114,6 @@ func linearBackwardInput(_ dx: FPtr, _ dout: CPtr, ldOut: Int, _ w: EffectiveWei
     }
 }
 
-// MARK: Per-head RMSNorm of q and k (Qwen3, Gemma 3)
-
-/// For L tokens, `heads` heads of size d at x + t·ldX + h·d: out (stride ldOut) = norm, rstd [L, heads].
-func headNormForward(_ out: FPtr, ldOut: Int, _ rstd: FPtr, _ x: CPtr, ldX: Int, _ w: CPtr, L: Int, heads: Int, d: Int, eps: Float) {
-    for t in 0..<L { for h in 0..<heads {
-        rmsnormRow(out + t * ldOut + h * d, &rstd[t * heads + h], x + t * ldX + h * d, w, n: d, eps: eps)
-    } }
-}
-
-/// dx (stride ldX) += d(norm)/dx · dout (stride ldOut).
-func headNormBackward(_ dx: FPtr, ldX: Int, _ dout: CPtr, ldOut: Int, _ x: CPtr, _ rstd: CPtr, _ w: CPtr, L: Int, heads: Int, d: Int) {
-    for t in 0..<L { for h in 0..<heads {
-        rmsnormRowBackward(dx + t * ldX + h * d, dout + t * ldOut + h * d, x + t * ldX + h * d, rstd[t * heads + h], w, n: d)
-    } }
-}
-
 // MARK: Rotary embedding (rotate-half: pairs i and i + rotaryDim/2 of each head's first rotaryDim features)
 
 /// Rotates x in place: x [L, stride] holding `heads` heads of size `rope.headDim` from column 0,

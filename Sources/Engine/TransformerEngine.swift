@@ -61,12 +61,16 @@ final class Activations {
         xOut = FloatBuffer(T * H); rstdF = FloatBuffer(T); xnF = FloatBuffer(T * H)
     }
 
-    static func bytesPerToken(_ c: TransformerSpec) -> Int {
+    /// Bytes per token of the activations (every block's with `keepForBackward`, else one
+    /// block's) plus, for the backward pass, the gradient scratch.
+    static func bytesPerToken(_ c: TransformerSpec, keepForBackward: Bool = true) -> Int {
         let H = c.hiddenSize, I = c.intermediateSize
         var perBlock = 4 * H + 2 + c.qkvDim + c.qDim + c.kvDim + c.qDim + 3 * I
         if c.qkNorm { perBlock += c.heads + c.kvHeads }
         if c.sandwichNorms { perBlock += 2 * H + 2 }
-        return 4 * (perBlock * c.blocks + 4 * H)
+        var floats = perBlock * (keepForBackward ? c.blocks : 1) + 4 * H + (c.sandwichNorms ? H : 0)
+        if keepForBackward { floats += 4 * H + c.qkvDim + c.qDim + c.kvDim + c.qDim + 3 * I }
+        return 4 * floats
     }
 }
 
@@ -111,7 +115,15 @@ public final class TransformerEngine: @unchecked Sendable {
     public var tokenBudget: Int
 
     /// Bytes of activations kept per token for the backward pass, over all blocks.
-    public static func activationBytesPerToken(_ c: TransformerSpec) -> Int { Activations.bytesPerToken(c) }
+    public static func activationBytesPerToken(_ c: TransformerSpec, gradient: Bool = true) -> Int {
+        Activations.bytesPerToken(c, keepForBackward: gradient)
+    }
+
+    /// Bytes of the logits chunk and its row copies (512 loss positions at a time).
+    public static func logitsBytes(_ c: TransformerSpec) -> Int { 4 * 512 * (c.vocabSize + 2 * c.hiddenSize) }
+
+    /// Bytes of the widening tile scratch.
+    public static let tileBytes = 4 << 22
 
     /// - Parameters:
     ///   - tokenBudget: tokens per micro-batch; by default as many as fit in `activationMemory`
@@ -359,13 +371,18 @@ public final class TransformerEngine: @unchecked Sendable {
                     let t0 = rowStart[r], L = rows[r].ids.count
                     let src = qkv.p + t0 * qkvDim, dst = qk.p + t0 * qkDim
                     if let qkRstd, let qn = bw.qNorm, let kn = bw.kNorm {
+                        // rstd [L, nq + nkv]: the q heads', then the k heads'.
                         let rs = qkRstd + t0 * (nq + nkv)
-                        headNormForward(dst, ldOut: qkDim, rs, src, ldX: qkvDim, qn.p, L: L, heads: nq, d: hd, eps: eps)
-                        // k rstd after the q ones: [L, nq + nkv] viewed per token.
-                        for t in 0..<L { for hh in 0..<nkv {
-                            rmsnormRow(dst + t * qkDim + qDim + hh * hd, &rs[t * (nq + nkv) + nq + hh],
-                                       src + t * qkvDim + qDim + hh * hd, kn.p, n: hd, eps: eps)
-                        } }
+                        for t in 0..<L {
+                            for hh in 0..<nq {
+                                rmsnormRow(dst + t * qkDim + hh * hd, &rs[t * (nq + nkv) + hh],
+                                           src + t * qkvDim + hh * hd, qn.p, n: hd, eps: eps)
+                            }
+                            for hh in 0..<nkv {
+                                rmsnormRow(dst + t * qkDim + qDim + hh * hd, &rs[t * (nq + nkv) + nq + hh],
+                                           src + t * qkvDim + qDim + hh * hd, kn.p, n: hd, eps: eps)
+                            }
+                        }
                     } else {
                         for t in 0..<L { (dst + t * qkDim).update(from: src + t * qkvDim, count: qkDim) }
                     }

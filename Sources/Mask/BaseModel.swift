@@ -9,13 +9,18 @@ public final class BaseModel: @unchecked Sendable {
     public let spec: TransformerSpec
     public let weights: ModelWeights
 
-    /// - Parameter widenWeights: hold bf16/f16 matrices as float32 (twice the memory, same results).
-    public init(path: String, widenWeights: Bool = false) throws {
+    /// - Parameters:
+    ///   - widenWeights: hold bf16/f16 matrices as float32 (twice the memory, same results).
+    ///   - beforeLoading: called with the headers and the description before any weight is read
+    ///     (the memory plan refuses there).
+    public init(path: String, widenWeights: Bool = false,
+                beforeLoading: (ModelCheckpoint, TransformerSpec) throws -> Void = { _, _ in }) throws {
         checkpoint = try ModelCheckpoint(path: path)
         guard let configPath = checkpoint.sidecar("config.json") else {
             throw ILAError(file: path, "no config.json (the engine needs a model directory, not a bare .safetensors file)")
         }
         spec = try Architectures.load(configAt: configPath)
+        try beforeLoading(checkpoint, spec)
         weights = try ModelWeights.load(spec: spec, checkpoint: checkpoint, widen: widenWeights)
     }
 

@@ -27,6 +27,9 @@ public struct DecoderConfig: Sendable {
     public var slidingWindow: Int?
     public var hiddenAct: String?
     public var hiddenActivation: String?
+    /// Top-level `original_max_position_embeddings`: wins over the rope dict's for llama3, yarn
+    /// and longrope (transformers' standardize_rope_params).
+    public var originalMaxPositionEmbeddings: Int?
 
     enum CodingKeys: String, CodingKey {
         case architectures, modelType = "model_type", hiddenSize = "hidden_size", numHiddenLayers = "num_hidden_layers"
@@ -36,6 +39,7 @@ public struct DecoderConfig: Sendable {
         case maxPositionEmbeddings = "max_position_embeddings", ropeTheta = "rope_theta"
         case ropeParameters = "rope_parameters", ropeScaling = "rope_scaling", layerTypes = "layer_types"
         case slidingWindow = "sliding_window", hiddenAct = "hidden_act", hiddenActivation = "hidden_activation"
+        case originalMaxPositionEmbeddings = "original_max_position_embeddings"
     }
 
     /// Family defaults where config.json leaves a key out (transformers' config class defaults).
@@ -64,7 +68,9 @@ public struct DecoderConfig: Sendable {
         eosTokenId = Self.firstId(c, .eosTokenId)
         maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings)
         ropeTheta = try c.decodeIfPresent(Double.self, forKey: .ropeTheta)
-        layerTypes = try c.decodeIfPresent([String].self, forKey: .layerTypes)
+        // transformers' alias: "attention" means full attention.
+        layerTypes = try c.decodeIfPresent([String].self, forKey: .layerTypes)?.map { $0 == "attention" ? "full_attention" : $0 }
+        originalMaxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .originalMaxPositionEmbeddings)
         slidingWindow = c.contains(.slidingWindow) ? try c.decodeIfPresent(Int.self, forKey: .slidingWindow) : defaults.slidingWindow
         hiddenAct = try c.decodeIfPresent(String.self, forKey: .hiddenAct)
         hiddenActivation = try c.decodeIfPresent(String.self, forKey: .hiddenActivation)
@@ -121,13 +127,15 @@ public struct DecoderConfig: Sendable {
     }
 
     /// The single rotary embedding of a family without per-layer-type rope.
-    func rotary(file: String, defaultTheta: Double = 10000, originalMax: Int? = nil, partialRotaryFactor: Double? = nil) throws -> RotaryEmbedding {
+    func rotary(file: String, defaultTheta: Double = 10000, partialRotaryFactor: Double? = nil,
+                renameTypes: [String: String] = [:]) throws -> RotaryEmbedding {
         if ropeByLayerType != nil { throw ILAError(file: file, "rope_parameters nested by layer type is not supported for \(modelType)") }
         var p = rope ?? RopeParameters()
+        if let to = renameTypes[p.resolvedType] { p.ropeType = to }
         if let f = partialRotaryFactor, p.partialRotaryFactor == nil { p.partialRotaryFactor = f }
         // A top-level rope_theta fills in a dict without one (transformers' standardize_rope_params).
         return try RotaryEmbedding(p, theta: p.ropeTheta ?? ropeTheta ?? defaultTheta, headDim: headDim,
-                                   maxPositionEmbeddings: maxPositionEmbeddings, originalMax: originalMax, file: file)
+                                   maxPositionEmbeddings: maxPositionEmbeddings, originalMax: originalMaxPositionEmbeddings, file: file)
     }
 
     /// Layer types given, or derived by the family's rule.

@@ -105,7 +105,7 @@ struct LearnCommand: ParsableCommand {
                 == URL(fileURLWithPath: trajectoryPath).standardizedFileURL.resolvingSymlinksInPath() {
                 throw ILAError(file: trajectoryPath, "would overwrite the --deltas file with the trajectory; choose another -o")
             }
-            let (base, engine, store) = try model.loadEngine(requireDeltas: true)
+            let (base, engine, store) = try model.loadEngine(requireDeltas: true, gradient: true)
             guard !engine.maskedLayers.isEmpty else { throw ILAError(file: model.deltas ?? "", "holds no layers") }
             let rows = try base.rows(path: model.data, template: model.template, seqLen: model.seqLen, limit: limit)
             let layerNames = engine.maskedLayers.map(\.name)

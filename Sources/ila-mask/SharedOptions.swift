@@ -26,23 +26,35 @@ struct ModelDataOptions: ParsableArguments {
     @Option(name: .customLong("seq-len"), help: "Truncate each row to this many tokens.")
     var seqLen: Int = 256
 
+    @Option(name: .customLong("max-memory"),
+            help: "Memory the run may use, e.g. 16G or 12GiB (default: what the machine has available). The micro-batch shrinks to fit; a run that cannot fit is refused before loading.")
+    var maxMemory: String?
+
     func validate() throws {
         if seqLen < 2 { throw ValidationError("--seq-len must be at least 2") }
+        if let m = maxMemory, MemoryPlan.parseSize(m) == nil {
+            throw ValidationError("--max-memory \(m) is not a size (e.g. 16G, 12GiB, 800M)")
+        }
     }
 
-    /// Loads the base model and the deltas (in the store's canonical order) into an engine.
-    func loadEngine(requireDeltas: Bool) throws -> (BaseModel, TransformerEngine, DeltaStore?) {
+    /// Loads the base model and the deltas (in the store's canonical order) into an engine,
+    /// after the memory plan says they fit.
+    func loadEngine(requireDeltas: Bool, gradient: Bool = false) throws -> (BaseModel, TransformerEngine, DeltaStore?) {
         if requireDeltas && deltas == nil { throw ILAError("--deltas is required") }
-        let model = try BaseModel(path: base)
-        var loaded: [LayerDelta] = []
-        var store: DeltaStore?
-        if let deltas {
-            let s = try DeltaStore(path: deltas)
-            loaded = try s.layers.map { try s.delta($0) }
-            store = s
+        let store = try deltas.map { try DeltaStore(path: $0) }
+        var tokenBudget = 4096
+        let model = try BaseModel(path: base) { checkpoint, spec in
+            let plan = MemoryPlan(spec: spec, checkpoint: checkpoint, deltas: store, gradient: gradient)
+            let available = MemoryPlan.available()
+            let budget = maxMemory.flatMap(MemoryPlan.parseSize) ?? available.bytes
+            tokenBudget = try plan.tokenBudget(budget: budget, rowTokens: seqLen, source: maxMemory == nil ? available.source : "--max-memory",
+                                               what: base)
         }
+        var loaded: [LayerDelta] = []
+        if let store { loaded = try store.layers.map { try store.delta($0) } }
         do {
-            let engine = try TransformerEngine(weights: model.weights, deltas: loaded, maxSequenceLength: max(seqLen, 1))
+            let engine = try TransformerEngine(weights: model.weights, deltas: loaded, maxSequenceLength: max(seqLen, 1),
+                                               tokenBudget: tokenBudget)
             return (model, engine, store)
         } catch let e as ILAError {
             throw ILAError(file: deltas ?? base, "does not fit base \(base): \(e.message)")

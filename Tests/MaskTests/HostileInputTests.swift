@@ -41,6 +41,31 @@ final class MaskHostileInputTests: XCTestCase {
 
     static let deepArray = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
 
+    /// A run that does not fit its memory budget is refused before loading, naming the need and
+    /// the budget; one that fits in a tight budget runs with smaller micro-batches, same result.
+    func testOverBudgetRunIsRefusedBeforeLoading() throws {
+        let deltas = tmp.path("d.h5")
+        let d = try CommandRunner.run("ila-diff", ["\(tiny)/base-A", "\(tiny)/full-pyapi", "-o", deltas])
+        XCTAssertEqual(d.status, 0, d.stderr)
+        try assertRefused(["learn", "--base", "\(tiny)/base-A", "--deltas", deltas, "--data", "\(data)/define.train.jsonl",
+                           "--steps", "1", "-o", tmp.path("out.json"), "--max-memory", "2M"],
+                          mentions: ["base-A: needs", "available (--max-memory)", "weights"])
+        try assertRefused(eval(base: "\(tiny)/base-A") + ["--max-memory", "1K"], mentions: ["needs", "1 KB"].dropLast() + ["available"])
+        let usage = try CommandRunner.run("ila-mask", eval(base: "\(tiny)/base-A") + ["--max-memory", "lots"])
+        XCTAssertEqual(usage.status, 2, usage.stderr)
+        // The plan's fixed part for this model, then a budget leaving room for about one row.
+        let base = try BaseModel(path: "\(tiny)/base-A")
+        let plan = MemoryPlan(spec: base.spec, checkpoint: base.checkpoint, deltas: try DeltaStore(path: deltas), gradient: false)
+        let tight = plan.total(tokens: 300)
+        let args = eval(base: "\(tiny)/base-A") + ["--deltas", deltas, "--gamma", "1", "--json"]
+        let roomy = try CommandRunner.run("ila-mask", args)
+        let small = try CommandRunner.run("ila-mask", args + ["--max-memory", "\(tight)"])
+        XCTAssertEqual(roomy.status, 0, roomy.stderr)
+        XCTAssertEqual(small.status, 0, small.stderr)
+        XCTAssertEqual(roomy.stdout, small.stdout)
+        XCTAssertEqual(try plan.tokenBudget(budget: tight, rowTokens: 256, source: "test", what: "x"), 300)
+    }
+
     func testHostileConfig() throws {
         let cases: [(String, [String])] = [
             (Self.deepArray, ["config.json"]),

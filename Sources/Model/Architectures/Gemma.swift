@@ -90,7 +90,7 @@ struct Gemma2Family: ArchitectureFamily {
 }
 
 /// Gemma 3 text (`Gemma3ForCausalLM`, model_type gemma3_text): Gemma 2's block with q/k norms
-/// ·(1+w) instead of attention soft-capping by default, local (sliding) layers with their own rope
+/// ·(1+w) and no attention soft-capping (final logits may still be capped), local (sliding) layers with their own rope
 /// base `rope_local_base_freq`, global layers with `rope_theta` and any rope scaling, and layer
 /// types from `layer_types` or every `sliding_window_pattern`-th (6th) layer global.
 struct Gemma3TextFamily: ArchitectureFamily {
@@ -145,7 +145,7 @@ struct Gemma3TextFamily: ArchitectureFamily {
                           names: names)
         s.qkNorm = true
         try applyGemmaAttention(&s, queryPreAttnScalar: queryPreAttnScalar, attnCap: attnLogitSoftcapping,
-                                finalCap: finalLogitSoftcapping, file: file)
+                                finalCap: finalLogitSoftcapping, appliesAttentionCap: false, file: file)
         return s
     }
 }
@@ -158,8 +158,10 @@ private func gemmaSandwichNames() -> TensorNames {
     return n
 }
 
+/// Gemma 3 stores `attn_logit_softcapping` but its attention never applies it (transformers'
+/// Gemma3Attention passes no softcap), so `appliesAttentionCap` is false there.
 private func applyGemmaAttention(_ s: inout TransformerSpec, queryPreAttnScalar: Double, attnCap: Double?, finalCap: Double?,
-                                 file: String) throws {
+                                 appliesAttentionCap: Bool = true, file: String) throws {
     guard queryPreAttnScalar > 0, queryPreAttnScalar.isFinite else {
         throw ILAError(file: file, "query_pre_attn_scalar \(queryPreAttnScalar) must be positive")
     }
@@ -168,6 +170,6 @@ private func applyGemmaAttention(_ s: inout TransformerSpec, queryPreAttnScalar:
     }
     s.sandwichNorms = true
     s.attentionScale = Float(Foundation.pow(queryPreAttnScalar, -0.5))
-    s.attentionSoftcap = attnCap.map(Float.init)
+    s.attentionSoftcap = appliesAttentionCap ? attnCap.map(Float.init) : nil
     s.finalSoftcap = finalCap.map(Float.init)
 }

@@ -8,24 +8,23 @@ struct Phi3Family: ArchitectureFamily {
     static let architectures = ["Phi3ForCausalLM"]
     static let modelTypes = ["phi3"]
     var core: DecoderConfig
-    var originalMaxPositionEmbeddings: Int?
     var partialRotaryFactor: Double?
 
-    enum CodingKeys: String, CodingKey {
-        case originalMaxPositionEmbeddings = "original_max_position_embeddings"
-        case partialRotaryFactor = "partial_rotary_factor"
-    }
+    enum CodingKeys: String, CodingKey { case partialRotaryFactor = "partial_rotary_factor" }
 
     init(from decoder: Decoder) throws {
         core = try DecoderConfig(from: decoder, defaults: .init(rmsNormEps: 1e-5, tieWordEmbeddings: false))
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        originalMaxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .originalMaxPositionEmbeddings)
         partialRotaryFactor = try c.decodeIfPresent(Double.self, forKey: .partialRotaryFactor)
     }
 
     func spec(file: String) throws -> TransformerSpec {
         let c = core
-        let rope = try c.rotary(file: file, originalMax: originalMaxPositionEmbeddings, partialRotaryFactor: partialRotaryFactor)
+        // Phi3Config: the older "su" and "yarn" names mean longrope; only default and longrope exist.
+        let rope = try c.rotary(file: file, partialRotaryFactor: partialRotaryFactor, renameTypes: ["su": "longrope", "yarn": "longrope"])
+        guard ["default", "longrope"].contains(rope.typeName) else {
+            throw ILAError(file: file, "rope type \(rope.typeName) is not supported for Phi-3 (default, longrope)")
+        }
         let H = c.hiddenSize, I = c.intermediateSize
         let linears = [
             LinearSpec(.qkv_proj, path: "self_attn.qkv_proj", stage: .qkv, out: c.qDim + 2 * c.kvDim, in: H),
