@@ -72,6 +72,51 @@ final class MaskCommandTests: XCTestCase {
         XCTAssertEqual(r.status, 2)
     }
 
+    /// --stable-steps K stops at the first step where, by a hand computation on the recorded
+    /// trajectory of an uninterrupted run, the top-75% set has not changed for K steps and the
+    /// scores' Spearman correlation with K steps earlier is ≥ 0.99.
+    func testStableStepsStopsWhereTheTrajectorySays() throws {
+        let deltas = try diff("lora-define-100")
+        let k = 4
+        func learn(_ out: String, _ extra: [String]) throws -> Ranking {
+            let r = try CommandRunner.run("ila-mask", ["learn", "--base", "\(tiny)/base-A", "--deltas", deltas, "--data", "\(data)/define.train.jsonl",
+                                                      "-o", out, "--steps", "120", "--batch", "4", "--seq-len", "64", "--lr", "0.2"] + extra)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            return try Ranking.load(path: out)
+        }
+        _ = try learn(tmp.path("full.json"), [])
+        let h5 = try HDF5File.openReadOnly(path: tmp.path("full.h5"))
+        let flat = try h5.root().openDataset("scores").readFloats().map(Double.init)
+        let n = 14
+        let traj = stride(from: 0, to: flat.count, by: n).map { Array(flat[$0..<($0 + n)]) }
+        // Naive: top set by sorting (ties to the lower index), Spearman from ranks without ties.
+        func top(_ s: [Double]) -> Set<Int> {
+            Set(s.indices.sorted { s[$0] != s[$1] ? s[$0] > s[$1] : $0 < $1 }.prefix(Int((0.75 * Double(n)).rounded(.down) + (0.75 * Double(n) - (0.75 * Double(n)).rounded(.down) >= 0.5 ? 1 : 0))))
+        }
+        func ranks(_ s: [Double]) -> [Double] {
+            var r = [Double](repeating: 0, count: n)
+            for (pos, i) in s.indices.sorted(by: { s[$0] < s[$1] }).enumerated() { r[i] = Double(pos) }
+            return r
+        }
+        func spearman(_ a: [Double], _ b: [Double]) -> Double {
+            let ra = ranks(a), rb = ranks(b)
+            let d2 = zip(ra, rb).map { ($0 - $1) * ($0 - $1) }.reduce(0, +)
+            return 1 - 6 * d2 / Double(n * (n * n - 1))
+        }
+        var expected: Int?
+        for i in k..<traj.count where (i - k..<i).allSatisfy({ top(traj[$0]) == top(traj[i]) }) && spearman(traj[i], traj[i - k]) >= 0.99 {
+            expected = i + 1
+            break
+        }
+        let want = try XCTUnwrap(expected, "the 120-step run never became stable; the test needs a run that does")
+        XCTAssertLessThan(want, 120)
+        let stopped = try learn(tmp.path("stable.json"), ["--stable-steps", "\(k)"])
+        XCTAssertEqual(stopped.objective?.stoppedAt, want)
+        XCTAssertEqual(stopped.objective?.stableSteps, k)
+        XCTAssertEqual(stopped.history?.count, want)
+        XCTAssertEqual(try HDF5File.openReadOnly(path: tmp.path("stable.h5")).root().openDataset("scores").shape(), [want, n])
+    }
+
     /// learn writes ranking.json and ranking.h5; the same seed gives the same file.
     func testLearnWritesRankingAndTrajectoryDeterministically() throws {
         let deltas = try diff("lora-define-100")

@@ -38,8 +38,12 @@ public struct Ranking: Codable, Sendable, Equatable {
         public var seed: UInt64
         public var optimizer: String
         public var template: String?
+        /// With `learn --stable-steps K`: K, and the step the run stopped at (nil: it ran all steps).
+        public var stableSteps: Int?
+        public var stoppedAt: Int?
         enum CodingKeys: String, CodingKey {
             case lambda, lr, steps, batch, seed, optimizer, template
+            case stableSteps = "stable_steps", stoppedAt = "stopped_at"
             case sInit = "s_init"
             case seqLen = "seq_len"
         }
