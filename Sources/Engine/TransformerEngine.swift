@@ -113,6 +113,8 @@ public final class TransformerEngine: @unchecked Sendable {
     private let tileScratch: FloatBuffer
     /// Upper bound of tokens per micro-batch (a row longer than this still runs, alone).
     public var tokenBudget: Int
+    /// The most tokens one micro-batch has held so far (what the activations were sized for).
+    public private(set) var largestMicroBatch = 0
 
     /// Bytes of activations kept per token for the backward pass, over all blocks.
     public static func activationBytesPerToken(_ c: TransformerSpec, gradient: Bool = true) -> Int {
@@ -225,6 +227,7 @@ public final class TransformerEngine: @unchecked Sendable {
                 end += 1
             }
             let batch = Array(rows[start..<end])
+            largestMicroBatch = max(largestMicroBatch, tokens)
             if acts == nil || acts!.capacity < tokens {
                 acts = Activations(spec: spec, capacity: max(tokens, min(tokenBudget, rows.map(\.ids.count).reduce(0, +))),
                                    loraRanks: loraRanks, keepForBackward: gradient)

@@ -51,7 +51,7 @@ struct EvalCommand: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            let (base, engine, _) = try model.loadEngine(requireDeltas: false)
+            let (base, engine, _, plan) = try model.loadEngine(requireDeltas: false)
             let rows = try base.rows(path: model.data, template: model.template, seqLen: model.seqLen, limit: limit)
             var mask = [Float](repeating: Float(gamma ?? 1), count: engine.maskedLayers.count)
             if let ranking, let top {
@@ -66,7 +66,7 @@ struct EvalCommand: ParsableCommand {
             let r = try evaluateWithProgress(engine, rows: rows, gamma: mask, label: "eval")
             guard r.tokens > 0 else { throw ILAError(file: model.data, "no response tokens to score (all labels are -100)") }
             if json {
-                printOut(try jsonText(["mean_nll": r.meanNLL, "tokens": r.tokens, "rows": r.rows] as [String: Any]))
+                printOut(try jsonText(["mean_nll": r.meanNLL, "tokens": r.tokens, "rows": r.rows, "memory": memoryReport(plan, engine)] as [String: Any]))
             } else {
                 printOut(String(format: "mean NLL %.6f over %d response tokens in %d rows", r.meanNLL, r.tokens, r.rows))
             }

@@ -111,7 +111,7 @@ struct LearnCommand: ParsableCommand {
                 == URL(fileURLWithPath: trajectoryPath).standardizedFileURL.resolvingSymlinksInPath() {
                 throw ILAError(file: trajectoryPath, "would overwrite the --deltas file with the trajectory; choose another -o")
             }
-            let (base, engine, store) = try model.loadEngine(requireDeltas: true, gradient: true)
+            let (base, engine, store, plan) = try model.loadEngine(requireDeltas: true, gradient: true)
             guard !engine.maskedLayers.isEmpty else { throw ILAError(file: model.deltas ?? "", "holds no layers") }
             let rows = try base.rows(path: model.data, template: model.template, seqLen: model.seqLen, limit: limit)
             let layerNames = engine.maskedLayers.map(\.name)
@@ -186,14 +186,14 @@ struct LearnCommand: ParsableCommand {
                                      attributes: ["description": "mask logits s after each Adam step, [steps, layers]"])
             try ranking.write(path: output)
             unlink(statePath)
-            report(ranking)
+            report(ranking, memory: memoryReport(plan, engine))
         }
     }
 
-    func report(_ r: Ranking) {
+    func report(_ r: Ranking, memory: [String: Int]) {
         if json {
             let top = r.ordered.prefix(10).map { ["name": $0.name, "score": $0.score, "rank": $0.rank] as [String: Any] }
-            var o: [String: Any] = ["output": output, "trajectory": trajectoryPath, "top": top]
+            var o: [String: Any] = ["output": output, "trajectory": trajectoryPath, "top": top, "memory": memory]
             if let h = r.history?.last { o["final_nll"] = h.nll; o["final_mean_gamma"] = h.meanGamma }
             if let e = r.eval { o["eval"] = e }
             printOut((try? jsonText(o)) ?? "{}")

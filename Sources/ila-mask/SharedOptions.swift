@@ -39,27 +39,35 @@ struct ModelDataOptions: ParsableArguments {
 
     /// Loads the base model and the deltas (in the store's canonical order) into an engine,
     /// after the memory plan says they fit.
-    func loadEngine(requireDeltas: Bool, gradient: Bool = false) throws -> (BaseModel, TransformerEngine, DeltaStore?) {
+    func loadEngine(requireDeltas: Bool, gradient: Bool = false) throws -> (BaseModel, TransformerEngine, DeltaStore?, MemoryPlan) {
         if requireDeltas && deltas == nil { throw ILAError("--deltas is required") }
         let store = try deltas.map { try DeltaStore(path: $0) }
         var tokenBudget = 4096
+        var memoryPlan: MemoryPlan?
         let model = try BaseModel(path: base) { checkpoint, spec in
             let plan = MemoryPlan(spec: spec, checkpoint: checkpoint, deltas: store, gradient: gradient)
             let available = MemoryPlan.available()
             let budget = maxMemory.flatMap(MemoryPlan.parseSize) ?? available.bytes
             tokenBudget = try plan.tokenBudget(budget: budget, rowTokens: seqLen, source: maxMemory == nil ? available.source : "--max-memory",
                                                what: base)
+            memoryPlan = plan
         }
         var loaded: [LayerDelta] = []
         if let store { loaded = try store.layers.map { try store.delta($0) } }
         do {
             let engine = try TransformerEngine(weights: model.weights, deltas: loaded, maxSequenceLength: max(seqLen, 1),
                                                tokenBudget: tokenBudget)
-            return (model, engine, store)
+            guard let memoryPlan else { throw ILAError(file: base, "memory plan missing") }
+            return (model, engine, store, memoryPlan)
         } catch let e as ILAError {
             throw ILAError(file: deltas ?? base, "does not fit base \(base): \(e.message)")
         }
     }
+}
+
+/// `--json`'s memory report: what the plan said for the micro-batches that ran, and the peak.
+func memoryReport(_ plan: MemoryPlan, _ engine: TransformerEngine) -> [String: Int] {
+    ["planned_bytes": plan.total(tokens: engine.largestMicroBatch), "peak_rss_bytes": MemoryPlan.peakResidentBytes()]
 }
 
 /// Runs the engine over rows in chunks, with a progress bar on a terminal.

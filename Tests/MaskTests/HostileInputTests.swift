@@ -62,8 +62,35 @@ final class MaskHostileInputTests: XCTestCase {
         let small = try CommandRunner.run("ila-mask", args + ["--max-memory", "\(tight)"])
         XCTAssertEqual(roomy.status, 0, roomy.stderr)
         XCTAssertEqual(small.status, 0, small.stderr)
-        XCTAssertEqual(roomy.stdout, small.stdout)
+        func nll(_ r: CommandResult) throws -> Double {
+            try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])?["mean_nll"] as? Double)
+        }
+        XCTAssertEqual(try nll(roomy), try nll(small))
         XCTAssertEqual(try plan.tokenBudget(budget: tight, rowTokens: 256, source: "test", what: "x"), 300)
+    }
+
+    /// The plan's estimate for the micro-batches that ran is within 15% of the measured peak
+    /// resident memory (`--json` reports both), for LoRA and full deltas, learn and eval.
+    func testMemoryPlanEstimatesThePeak() throws {
+        var sets: [(base: String, aligned: String, data: String)] = [("\(tiny)/base-A", "\(tiny)/full-pyapi", "\(data)/pyapi.train.jsonl"),
+                                                                     ("\(tiny)/base-A", "\(tiny)/lora-pyapi", "\(data)/pyapi.train.jsonl")]
+        if let bed = RepoPaths.sharedTestbed {
+            for a in ["lora-pyapi", "full-pyapi"] {
+                sets.append(("\(bed.path)/small/base-A", "\(bed.path)/small/\(a)", "\(bed.path)/data/pyapi.train.jsonl"))
+            }
+        }
+        for (i, set) in sets.enumerated() {
+            let deltas = tmp.path("m\(i).h5")
+            XCTAssertEqual(try CommandRunner.run("ila-diff", [set.base, set.aligned, "-o", deltas]).status, 0)
+            for command in [["learn", "--steps", "2", "-o", tmp.path("m\(i)-r.json")], ["eval", "--gamma", "1", "--limit", "32"]] {
+                let r = try CommandRunner.run("ila-mask", command + ["--base", set.base, "--deltas", deltas, "--data", set.data, "--json"])
+                XCTAssertEqual(r.status, 0, r.stderr)
+                let o = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+                let m = try XCTUnwrap(o["memory"] as? [String: Int])
+                let planned = Double(try XCTUnwrap(m["planned_bytes"])), peak = Double(try XCTUnwrap(m["peak_rss_bytes"]))
+                XCTAssertEqual(planned, peak, accuracy: 0.15 * peak, "\(command[0]) \(set.aligned): planned \(planned), peak \(peak)")
+            }
+        }
     }
 
     func testHostileConfig() throws {
