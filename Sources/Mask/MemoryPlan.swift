@@ -87,11 +87,17 @@ public struct MemoryPlan: Sendable {
         return max(rowTokens, min(4096, (budget - beforeTokens) / max(perToken, 1)))
     }
 
-    /// This process's peak resident memory so far.
+    /// This process's peak resident memory so far: VmHWM of /proc/self/status (getrusage's
+    /// ru_maxrss would include the parent's size at fork, which Linux carries across exec).
     public static func peakResidentBytes() -> Int {
-        var u = rusage()
-        getrusage(RUSAGE_SELF.rawValue, &u)
-        return u.ru_maxrss * 1024
+        guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+              let kb = Int(line.split(separator: " ").dropFirst().first ?? "") else {
+            var u = rusage()
+            getrusage(RUSAGE_SELF.rawValue, &u)
+            return u.ru_maxrss * 1024
+        }
+        return kb * 1024
     }
 
     /// 31.2 GB, or 412 MB below a gigabyte.
