@@ -12,7 +12,8 @@ struct ILAMaskCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ila-mask",
         abstract: "Learn which layers an alignment used (ILA), and compare, evaluate and export the rankings.",
-        subcommands: [LearnCommand.self, EvalCommand.self, CompareCommand.self, ExportCommand.self, BenchCommand.self])
+        subcommands: [LearnCommand.self, EvalCommand.self, CompareCommand.self, ExportCommand.self, BenchCommand.self,
+                      TokenizeCommand.self])
 
     static func main() { mainWithDesignExitCodes() }
 }

@@ -12,15 +12,22 @@ struct AddedToken {
     var rstrip: Bool
     var singleWord: Bool
 
+    /// The same flags and content (the id aside), as `AddedToken`'s `PartialEq` compares.
+    func sameFlags(_ o: AddedToken) -> Bool {
+        ScalarKey(content) == ScalarKey(o.content) && special == o.special && normalized == o.normalized
+            && lstrip == o.lstrip && rstrip == o.rstrip && singleWord == o.singleWord
+    }
+
     static func parse(_ o: JSONValue, index: Int, file: String) throws -> AddedToken {
         guard let content = o["content"]?.string, let id = o["id"]?.int, id >= 0, id < Int(Int32.max) else {
             throw ILAError(file: file, "added_tokens[\(index)] needs a \"content\" string and a non-negative \"id\"")
         }
-        let special = o["special"]?.bool ?? false
+        let f = Fields(json: o, owner: "added_tokens[\(index)]", file: file)
+        let special = try f.bool("special", default: false)
         return AddedToken(id: id, content: content, special: special,
-                          normalized: o["normalized"]?.bool ?? !special,
-                          lstrip: o["lstrip"]?.bool ?? false, rstrip: o["rstrip"]?.bool ?? false,
-                          singleWord: o["single_word"]?.bool ?? false)
+                          normalized: try f.bool("normalized", default: !special),
+                          lstrip: try f.bool("lstrip", default: false), rstrip: try f.bool("rstrip", default: false),
+                          singleWord: try f.bool("single_word", default: false))
     }
 }
 
@@ -86,13 +93,14 @@ struct AddedTokenMatcher {
                 let after = stop == s.count || !isWordScalar(s[stop])
                 if !before || !after { continue }
             }
+            // `regex`'s `\s*$` / `^\s*`: White_Space.
             if token.lstrip {
                 var newStart = start
-                while newStart > 0 && s[newStart - 1].properties.isWhitespace { newStart -= 1 }
+                while newStart > 0 && CharInfo.of(s[newStart - 1]) & CharInfo.space != 0 { newStart -= 1 }
                 start = max(newStart, startOffset)
             }
             if token.rstrip {
-                while stop < s.count && s[stop].properties.isWhitespace { stop += 1 }
+                while stop < s.count && CharInfo.of(s[stop]) & CharInfo.space != 0 { stop += 1 }
             }
             if startOffset < start { out.append((startOffset..<start, nil)) }
             out.append((start..<stop, token.id))
@@ -102,14 +110,9 @@ struct AddedTokenMatcher {
         return out
     }
 
-    /// Rust `regex`'s Unicode `\w` (`tokenizers` tests `\w$` / `^\w`): Alphabetic, marks,
-    /// decimal digits, connector punctuation and joiners.
+    /// Rust `regex`'s Unicode `\w` (`tokenizers` tests `\w$` / `^\w`), Unicode 16: Alphabetic,
+    /// marks, decimal digits, connector punctuation and joiners.
     private func isWordScalar(_ x: Unicode.Scalar) -> Bool {
-        let p = x.properties
-        if p.isAlphabetic || p.isJoinControl { return true }
-        switch p.generalCategory {
-        case .nonspacingMark, .spacingMark, .enclosingMark, .decimalNumber, .connectorPunctuation: return true
-        default: return false
-        }
+        CharInfo.of(x) & CharInfo.regexWord != 0
     }
 }

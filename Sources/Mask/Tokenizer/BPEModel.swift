@@ -51,42 +51,57 @@ struct BPEModel {
         self.vocab = vocab
         self.scalarIDs = scalarIDs
 
-        // Merges: "a b" strings (split at the first space) or ["a", "b"] pairs.
-        let rawMerges = json["merges"]?.array ?? []
-        let prefix = json["continuing_subword_prefix"]?.string
-        var ranks: [UInt64: UInt32] = [:]
-        ranks.reserveCapacity(rawMerges.count)
-        var result: [Int32] = []
-        result.reserveCapacity(rawMerges.count)
-        for (rank, m) in rawMerges.enumerated() {
-            let a: String, b: String
-            if let s = m.string {
-                // Split at the first U+0020 by scalars: Character-level search could see a
-                // space fused with a following combining mark as no space at all.
-                let u = Array(s.unicodeScalars)
-                guard let sp = u.firstIndex(of: " ") else {
-                    throw ILAError(file: file, "merge \(rank + 1) \(s.debugDescription) is not two tokens separated by a space")
+        // Merges: ["a", "b"] pairs, or "a b" strings (lines starting "#version" skipped, as
+        // `convert_merges_to_hashmap` does; each must split at spaces into exactly two parts).
+        guard let rawMerges = json["merges"]?.array else {
+            throw ILAError(file: file, "model.merges is not a list")
+        }
+        let f = Fields(json: json, owner: "model", file: file)
+        let prefix = try f.string("continuing_subword_prefix")
+        let prefixBytes = prefix?.utf8.count ?? 0
+        var pairs: [(String, String)] = []
+        pairs.reserveCapacity(rawMerges.count)
+        let legacy = rawMerges.first?.string != nil
+        for (k, m) in rawMerges.enumerated() {
+            if legacy {
+                guard let s = m.string else {
+                    throw ILAError(file: file, "merge \(k + 1) is not a string like the merges before it")
                 }
-                a = ScalarKey(Array(u[..<sp])).string
-                b = ScalarKey(Array(u[(sp + 1)...])).string
-            } else if let pair = m.array, pair.count == 2, let x = pair[0].string, let y = pair[1].string {
-                a = x
-                b = y
+                if s.hasPrefix("#version") { continue }
+                // Split at every U+0020 by scalars: Character-level search could see a space
+                // fused with a following combining mark as no space at all.
+                let parts = Array(s.unicodeScalars).split(separator: " ", omittingEmptySubsequences: false)
+                guard parts.count == 2 else {
+                    throw ILAError(file: file, "merge \(pairs.count + 1) \(s.debugDescription) is not two tokens separated by a space")
+                }
+                pairs.append((ScalarKey(Array(parts[0])).string, ScalarKey(Array(parts[1])).string))
             } else {
-                throw ILAError(file: file, "merge \(rank + 1) is neither \"a b\" nor [\"a\", \"b\"]")
+                guard let pair = m.array, pair.count == 2, let x = pair[0].string, let y = pair[1].string else {
+                    throw ILAError(file: file, "merge \(k + 1) is not a pair [\"a\", \"b\"] like the merges before it")
+                }
+                pairs.append((x, y))
             }
+        }
+        var ranks: [UInt64: UInt32] = [:]
+        ranks.reserveCapacity(pairs.count)
+        var result: [Int32] = []
+        result.reserveCapacity(pairs.count)
+        for (rank, (a, b)) in pairs.enumerated() {
             guard let ia = vocab[ScalarKey(a)] else {
                 throw ILAError(file: file, "merge \(rank + 1) refers to token \(a.debugDescription), which is not in the vocabulary")
             }
             guard let ib = vocab[ScalarKey(b)] else {
                 throw ILAError(file: file, "merge \(rank + 1) refers to token \(b.debugDescription), which is not in the vocabulary")
             }
-            var tail = Array(b.unicodeScalars)
-            if let prefix {
-                let p = Array(prefix.unicodeScalars)
-                if tail.starts(with: p) { tail.removeFirst(p.count) }
+            // The merged token is a + b without its first prefix-length bytes (`BpeBuilder::build`
+            // drops them whether or not b starts with the prefix).
+            let tailBytes = Array(b.utf8)
+            guard tailBytes.count >= prefixBytes,
+                  let tail = String(validating: tailBytes[prefixBytes...], as: UTF8.self) else {
+                throw ILAError(file: file, "merge \(rank + 1): token \(b.debugDescription) does not begin with the "
+                               + "continuing_subword_prefix \((prefix ?? "").debugDescription)")
             }
-            let merged = ScalarKey(Array(a.unicodeScalars) + tail)
+            let merged = ScalarKey(Array(a.unicodeScalars) + Array(tail.unicodeScalars))
             guard let im = vocab[merged] else {
                 throw ILAError(file: file, "merge \(rank + 1) produces token \(merged.string.debugDescription), which is not in the vocabulary")
             }
@@ -97,7 +112,7 @@ struct BPEModel {
         self.mergeRanks = ranks
         self.mergeResult = result
 
-        if let unk = json["unk_token"]?.string {
+        if let unk = try f.string("unk_token") {
             guard let id = vocab[ScalarKey(unk)] else {
                 throw ILAError(file: file, "unk_token \(unk.debugDescription) is not in the vocabulary")
             }
@@ -105,12 +120,21 @@ struct BPEModel {
         } else {
             unkID = nil
         }
-        fuseUnk = json["fuse_unk"]?.bool ?? false
-        byteFallback = json["byte_fallback"]?.bool ?? false
+        fuseUnk = try f.bool("fuse_unk", default: false)
+        byteFallback = try f.bool("byte_fallback", default: false)
         byteIDs = (0..<256).map { b in vocab[ScalarKey(String(format: "<0x%02X>", b))].map { Int32($0) } }
-        continuingSubwordPrefix = prefix
-        endOfWordSuffix = json["end_of_word_suffix"]?.string
-        ignoreMerges = json["ignore_merges"]?.bool ?? false
+        // An empty prefix or suffix changes nothing (GPT-2's tokenizer.json has both as "").
+        continuingSubwordPrefix = prefix?.isEmpty == false ? prefix : nil
+        let suffix = try f.string("end_of_word_suffix")
+        endOfWordSuffix = suffix?.isEmpty == false ? suffix : nil
+        ignoreMerges = try f.bool("ignore_merges", default: false)
+        // Dropout makes encoding random; 0 (or null) is the deterministic default.
+        if let d = json["dropout"], !d.isNull {
+            guard case .number(let p) = d else { throw ILAError(file: file, "model.dropout is not a number") }
+            guard p == 0 else {
+                throw ILAError(file: file, "model.dropout \(p) is not supported (BPE dropout makes ids random; it must be null)")
+            }
+        }
     }
 
     // MARK: - encoding one word

@@ -6,16 +6,22 @@ import ILADiff
 ///
 /// The pipeline, as in `tokenizers`:
 /// 1. added tokens with `normalized: false` are cut out of the raw text;
-/// 2. each remaining piece is normalized (Prepend, Replace, NFC…, Lowercase, Strip, Sequence),
-///    then added tokens with `normalized: true` are cut out of it;
-/// 3. the pre-tokenizer (ByteLevel, Metaspace, Split with the GPT-2 / Llama 3 / Qwen2 pattern,
-///    Sequence) splits pieces into words;
+/// 2. each remaining piece is normalized (Sequence, Prepend, Replace with a string or a regex,
+///    NFC/NFD/NFKC/NFKD, Lowercase, Strip, StripAccents, Nmt, ByteLevel), then added tokens with
+///    `normalized: true` are cut out of it;
+/// 3. the pre-tokenizer (Sequence, ByteLevel, Metaspace, Split with a string or a regex,
+///    Digits, Punctuation, Whitespace, WhitespaceSplit, CharDelimiterSplit, FixedLength) splits
+///    pieces into words;
 /// 4. the BPE model merges each word by merge rank (with `byte_fallback`, `unk_token`,
-///    `fuse_unk`, `ignore_merges`), memoised per word.
+///    `fuse_unk`, `ignore_merges`, `continuing_subword_prefix`, `end_of_word_suffix`), memoised
+///    per word.
 ///
-/// The post-processor is not applied (no BOS/EOS is added: callers add them, see
-/// `SpecialTokens`), nor are tokenizer.json's truncation and padding settings, and BPE
-/// dropout is ignored so encoding is deterministic. Encoding is thread-safe.
+/// Anything else in those places (another normalizer or pre-tokenizer type, a regex construct
+/// `OnigRegex` does not implement, a Unigram/WordPiece/WordLevel model, BPE dropout) is refused
+/// with one line naming it. The post-processor and the decoder are not used: no BOS/EOS is
+/// added (callers add them, see `SpecialTokens`). tokenizer.json's `truncation` and `padding`
+/// are not applied, as transformers' tokenizers do not apply them unless asked per call.
+/// Encoding is thread-safe.
 public final class Tokenizer: @unchecked Sendable {
     /// The tokenizer.json this was loaded from.
     public let path: String
@@ -31,6 +37,8 @@ public final class Tokenizer: @unchecked Sendable {
     let addedIDs: [ScalarKey: Int]
     /// id → spelling (a dictionary: ids need not be dense).
     let tokens: [Int: String]
+    /// Whether pieces carry their alignments (a Metaspace with prepend_scheme "first" reads them).
+    let tracksOrigins: Bool
 
     /// Word → ids memo, keyed by a 64-bit hash of the word's scalars so that probing compares
     /// integers rather than chasing array pointers; each entry keeps its word to rule out
@@ -52,29 +60,58 @@ public final class Tokenizer: @unchecked Sendable {
         let name = file
         let json = try JSONValue.read(file)
         guard json.isObject else { throw ILAError(file: name, "top level is not a JSON object") }
+        if let v = json["version"], !v.isNull, v.string != "1.0" {
+            throw ILAError(file: name, "tokenizer.json version \(v.string ?? "?") is not supported (only 1.0)")
+        }
         guard let modelJSON = json["model"], modelJSON.isObject else {
             throw ILAError(file: name, "has no \"model\" object")
         }
         model = try BPEModel(json: modelJSON, file: name)
         let normalizer = try Normalizer.parse(json["normalizer"], file: name)
         self.normalizer = normalizer
-        preTokenizer = try PreTokenizer.parse(json["pre_tokenizer"], file: name)
+        let preTokenizer = try PreTokenizer.parse(json["pre_tokenizer"], file: name)
+        self.preTokenizer = preTokenizer
+        tracksOrigins = preTokenizer?.needsOrigins ?? false
 
-        var added: [AddedToken] = []
+        // Added tokens, numbered as `AddedVocabulary::add_tokens` numbers them on load: the
+        // file's "id" is not used; a token already in the vocabulary keeps that id, a new one
+        // takes the next id from the vocabulary's size on. A repeated content keeps its first
+        // id and takes the later flags.
+        var parsed: [AddedToken] = []
         if let list = json["added_tokens"]?.array {
-            for (i, t) in list.enumerated() { added.append(try AddedToken.parse(t, index: i, file: name)) }
+            for (i, t) in list.enumerated() { parsed.append(try AddedToken.parse(t, index: i, file: name)) }
         } else if let v = json["added_tokens"], !v.isNull {
             throw ILAError(file: name, "added_tokens is not a list")
         }
+        var addedIDs: [ScalarKey: Int] = [:]
+        var byID: [Int: AddedToken] = [:]
+        var order: [Int] = []
+        var nextID = model.vocab.count
+        for var t in parsed where !t.content.isEmpty {
+            let key = ScalarKey(t.content)
+            if let id = addedIDs[key], let old = byID[id], old.sameFlags(t) { continue }
+            let id: Int
+            if let known = addedIDs[key] ?? model.vocab[key] {
+                id = known
+            } else {
+                id = nextID
+                nextID += 1
+            }
+            t.id = id
+            addedIDs[key] = id
+            if byID[id] == nil { order.append(id) }
+            byID[id] = t
+        }
+        let added = order.compactMap { byID[$0] }
+        self.addedIDs = addedIDs
+
         rawAdded = AddedTokenMatcher(added.filter { !$0.normalized }) { Array($0.content.unicodeScalars) }
         // Normalized added tokens are searched for in their normalized spelling.
         normalizedAdded = AddedTokenMatcher(added.filter { $0.normalized }) { t in
-            let s = Array(t.content.unicodeScalars)
-            return normalizer?.apply(s) ?? s
+            var p = TextPiece(scalars: Array(t.content.unicodeScalars), origins: nil, shift: 0)
+            normalizer?.apply(&p)
+            return p.scalars
         }
-        var addedIDs: [ScalarKey: Int] = [:]
-        for t in added { addedIDs[ScalarKey(t.content)] = t.id }
-        self.addedIDs = addedIDs
 
         let maxID = max(model.vocab.values.max() ?? -1, added.map(\.id).max() ?? -1)
         vocabSize = maxID + 1
@@ -105,19 +142,18 @@ public final class Tokenizer: @unchecked Sendable {
         for (range, id) in pieces {
             if let id { out.append(id); continue }
             if range.isEmpty { continue }
-            let raw = Array(scalars[range])
-            let norm = normalizer?.apply(raw) ?? raw
-            if norm.isEmpty { continue }
-            let atStart = range.lowerBound == 0
+            var piece = TextPiece(raw: scalars[range], offset: range.lowerBound, tracking: tracksOrigins)
+            normalizer?.apply(&piece)
+            if piece.isEmpty { continue }
             if let matcher = normalizedAdded {
-                for (r, nid) in matcher.split(norm) {
+                for (r, nid) in matcher.split(piece.scalars) {
                     if let nid { out.append(nid); continue }
-                    if !r.isEmpty {
-                        encodePiece(TextPiece(scalars: Array(norm[r]), atStart: atStart && r.lowerBound == 0), into: &out)
-                    }
+                    if !r.isEmpty { encodePiece(piece.slice(r), into: &out) }
                 }
             } else {
-                encodePiece(TextPiece(scalars: norm, atStart: atStart), into: &out)
+                // `tokenizers` slices the whole piece here too, which moves its original start to
+                // that of its first scalar.
+                encodePiece(tracksOrigins ? piece.slice(0..<piece.scalars.count) : piece, into: &out)
             }
         }
         return out
@@ -125,8 +161,11 @@ public final class Tokenizer: @unchecked Sendable {
 
     /// Pre-tokenizes one normalized piece and appends its words' ids.
     private func encodePiece(_ piece: TextPiece, into out: inout [Int]) {
-        let words = preTokenizer?.apply([piece]) ?? [piece]
-        for w in words where !w.scalars.isEmpty {
+        guard let preTokenizer else {
+            out.append(contentsOf: encodeWord(piece.scalars))
+            return
+        }
+        for w in preTokenizer.apply([piece]) where !w.scalars.isEmpty {
             out.append(contentsOf: encodeWord(w.scalars))
         }
     }
