@@ -109,8 +109,11 @@ public final class TransformerEngine: @unchecked Sendable {
     /// Per block: tables for the rope types whose tables do not depend on the row.
     private let fixedRope: [RopeTables?]
     public let maxSequenceLength: Int
-    /// Where bf16/f16 weights (and W0 + γΔ) are widened tile by tile for the GEMMs.
-    private let tileScratch: FloatBuffer
+    /// Every GEMM goes through here; it holds the scratch bf16/f16 weights (and W0 + γΔ) are
+    /// widened into, tile by tile.
+    private let gemm: GEMMSeam
+    /// The GEMM backend and precision.
+    public var gemmOptions: GEMMOptions { gemm.options }
     /// Upper bound of tokens per micro-batch (a row longer than this still runs, alone).
     public var tokenBudget: Int
     /// The most tokens one micro-batch has held so far (what the activations were sized for).
@@ -132,8 +135,9 @@ public final class TransformerEngine: @unchecked Sendable {
     ///     bytes (at most 4096), so a large model runs a row at a time.
     ///   - tileFloats: floats of the scratch that bf16/f16 weights and W0 + γΔ are widened into,
     ///     a tile of rows at a time (default 4 M; at least one row of the widest matrix).
+    ///   - gemm: the GEMM backend and the precision of the large GEMMs' inputs.
     public init(weights: ModelWeights, deltas: [LayerDelta], maxSequenceLength: Int = 4096, tokenBudget: Int? = nil,
-                activationMemory: Int = 2 << 30, tileFloats: Int = 1 << 22) throws {
+                activationMemory: Int = 2 << 30, tileFloats: Int = 1 << 22, gemm: GEMMOptions = GEMMOptions()) throws {
         spec = weights.spec
         self.weights = weights
         // The engine splits work across cores itself; OpenBLAS threads would spin against it.
@@ -170,7 +174,7 @@ public final class TransformerEngine: @unchecked Sendable {
         let allFloat32 = weights.embed.float32 != nil && weights.lmHead.float32 != nil
             && weights.blocks.allSatisfy { $0.linear.values.allSatisfy { $0.float32 != nil } }
         let hasFull = updates.contains { if case .full = $0 { return true } else { return false } }
-        tileScratch = FloatBuffer(allFloat32 && !hasFull ? 0 : max(widest, tileFloats))
+        self.gemm = GEMMSeam(gemm, tileFloats: allFloat32 && !hasFull ? 0 : max(widest, tileFloats))
         maskedLayers = deltas.map(\.layer)
         currentGamma = [Float](repeating: 0, count: deltas.count)
         // One table per distinct rope, shared by the blocks that use it.
@@ -268,14 +272,15 @@ public final class TransformerEngine: @unchecked Sendable {
     /// keeps u = x·Aᵀ of LoRA layers for backward.
     private func maskedForward(_ out: FPtr, ldOut: Int, _ x: CPtr, block: Int, _ l: LinearSpec, T: Int,
                                acts: Activations, gradient: Bool, accumulate: Bool = false) {
-        linearForward(out, ldOut: ldOut, x, weight(block, l.kind), weights.blocks[block].bias[l.kind]?.p,
-                      T: T, accumulate: accumulate, scratch: tileScratch)
+        gemm.linearForward(out, ldOut: ldOut, x, weight(block, l.kind), weights.blocks[block].bias[l.kind]?.p,
+                           T: T, accumulate: accumulate)
         guard let i = slot[block][l.kind], case .lora(let a, let b, let r, let scale) = updates[i] else { return }
         let g = currentGamma[i]
         if g == 0 && !gradient { return }
         let u = acts.loraU[i]!
-        pgemm(transB: true, m: T, n: r, k: l.inFeatures, x, a.p, u.p)
-        if g != 0 { pgemm(transB: true, m: T, n: l.outFeatures, k: r, alpha: g * scale, u.p, b.p, beta: 1, out, ldc: ldOut) }
+        // The rank-r factor GEMMs (a few percent of the FLOPs) stay float32 in either precision.
+        gemm.gemm(transB: true, m: T, n: r, k: l.inFeatures, x, a.p, u.p)
+        if g != 0 { gemm.gemm(transB: true, m: T, n: l.outFeatures, k: r, alpha: g * scale, u.p, b.p, beta: 1, out, ldc: ldOut) }
     }
 
     /// Given dY [T, O] (row stride ldOut) and the layer input x [T, I]: dx [T, I] += dY·W_eff,
@@ -283,22 +288,22 @@ public final class TransformerEngine: @unchecked Sendable {
     private func maskedBackward(_ dx: FPtr, _ dy: CPtr, ldOut: Int, _ x: CPtr, block: Int, _ l: LinearSpec, T: Int,
                                 acts: Activations, scratch: Scratch, dGamma: inout [Double]) {
         let O = l.outFeatures, I = l.inFeatures
-        linearBackwardInput(dx, dy, ldOut: ldOut, weight(block, l.kind), T: T, scratch: tileScratch)
+        gemm.linearBackwardInput(dx, dy, ldOut: ldOut, weight(block, l.kind), T: T)
         guard let i = slot[block][l.kind] else { return }
         switch updates[i] {
         case .full(let delta):
             // dW = dYᵀ·x [O, I]; dγ = ⟨Δ, dW⟩
             let dW = scratch.weightGrad
-            pgemm(transA: true, m: O, n: I, k: T, dy, lda: ldOut, x, dW.p)
+            gemm.gemmAtPrecision(transA: true, m: O, n: I, k: T, dy, lda: ldOut, x, dW.p)
             dGamma[i] += Double(BLAS.dot(O * I, delta.p, dW.p))
         case .lora(let a, let b, let r, let scale):
             // v = dY·B [T, r]; dγ = scale·Σ v∘u; dx += γ·scale·v·A
             let v = scratch.loraV
-            pgemm(m: T, n: r, k: O, dy, lda: ldOut, b.p, v.p)
+            gemm.gemm(m: T, n: r, k: O, dy, lda: ldOut, b.p, v.p)
             let u = acts.loraU[i]!
             dGamma[i] += Double(scale) * Double(BLAS.dot(T * r, v.p, u.p))
             let g = currentGamma[i]
-            if g != 0 { pgemm(m: T, n: I, k: r, alpha: g * scale, v.p, a.p, beta: 1, dx) }
+            if g != 0 { gemm.gemm(m: T, n: I, k: r, alpha: g * scale, v.p, a.p, beta: 1, dx) }
         }
     }
 
@@ -449,7 +454,7 @@ public final class TransformerEngine: @unchecked Sendable {
             for j in 0..<n { (sel.p + j * H).update(from: acts.xnF.p + positions[p0 + j] * H, count: H) }
             result.nllSum += crossEntropyForwardBackward(sel.p, targets: Array(targets[p0..<(p0 + n)]), lmHead: weights.lmHead,
                                                          softcap: c.finalSoftcap, logits: logits.p, nll: nil,
-                                                         dx: gradient ? dsel.p : nil, scale: 1, scratch: tileScratch)
+                                                         dx: gradient ? dsel.p : nil, scale: 1, gemm: gemm)
             if let scratch {
                 for j in 0..<n {
                     let d = scratch.dx.p + positions[p0 + j] * H, s = dsel.p + j * H

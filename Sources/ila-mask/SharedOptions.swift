@@ -8,6 +8,8 @@ import ILAEngine
 import ILARanking
 
 extension PromptTemplate: ExpressibleByArgument {}
+extension GEMMBackend: ExpressibleByArgument {}
+extension GEMMPrecision: ExpressibleByArgument {}
 
 /// Options every model-running subcommand shares.
 struct ModelDataOptions: ParsableArguments {
@@ -29,6 +31,14 @@ struct ModelDataOptions: ParsableArguments {
     @Option(name: .customLong("max-memory"),
             help: "Memory the run may use, e.g. 16G or 12GiB (default: what the machine has available). The micro-batch shrinks to fit; a run that cannot fit is refused before loading.")
     var maxMemory: String?
+
+    @Option(help: "GEMM library: auto (oneDNN where the CPU has AVX-512, else OpenBLAS), openblas or onednn.")
+    var gemm: GEMMBackend = .auto
+
+    @Option(help: "Inputs of the large GEMMs: float32 (exact against PyTorch) or bf16 (rounded to bfloat16, float32 accumulation; fast where the CPU has bf16 GEMMs).")
+    var precision: GEMMPrecision = .float32
+
+    var gemmOptions: GEMMOptions { GEMMOptions(backend: gemm, precision: precision) }
 
     func validate() throws {
         if seqLen < 2 { throw ValidationError("--seq-len must be at least 2") }
@@ -56,7 +66,7 @@ struct ModelDataOptions: ParsableArguments {
         if let store { loaded = try store.layers.map { try store.delta($0) } }
         do {
             let engine = try TransformerEngine(weights: model.weights, deltas: loaded, maxSequenceLength: max(seqLen, 1),
-                                               tokenBudget: tokenBudget)
+                                               tokenBudget: tokenBudget, gemm: gemmOptions)
             guard let memoryPlan else { throw ILAError(file: base, "memory plan missing") }
             return (model, engine, store, memoryPlan)
         } catch let e as ILAError {

@@ -28,20 +28,20 @@ enum Fixtures {
 }
 
 /// Loads base + aligned into an engine, with deltas straight from the checkpoints.
-func makeEngine(set: String, aligned: String) throws -> (BaseModel, TransformerEngine, [LayerDelta]) {
+func makeEngine(set: String, aligned: String, gemm: GEMMOptions = GEMMOptions()) throws -> (BaseModel, TransformerEngine, [LayerDelta]) {
     let base = try BaseModel(path: set + "/base-A")
     let computer = try DeltaComputer(base: base.checkpoint, aligned: try AlignedCheckpoint.open(set + "/" + aligned))
     let deltas = try computer.layers.map { try computer.delta(for: $0) }
-    return (base, try TransformerEngine(weights: base.weights, deltas: deltas), deltas)
+    return (base, try TransformerEngine(weights: base.weights, deltas: deltas, gemm: gemm), deltas)
 }
 
 final class EngineTests: XCTestCase {
     /// mean NLL at γ = 0, 0.5, 1, per-token NLL of row 0, and the gate gradient, against PyTorch.
-    func checkReference(set: String, dataDir: String, names: [String]? = nil) throws {
+    func checkReference(set: String, dataDir: String, names: [String]? = nil, gemm: GEMMOptions = GEMMOptions()) throws {
         let ref = try Fixtures.reference(set)
         let aligned = try XCTUnwrap(ref["aligned"] as? [String: [String: Any]])
         for (name, entry) in aligned.sorted(by: { $0.key < $1.key }) where names == nil || names!.contains(name) {
-            let (base, engine, _) = try makeEngine(set: set, aligned: name)
+            let (base, engine, _) = try makeEngine(set: set, aligned: name, gemm: gemm)
             let n = engine.maskedLayers.count
             let ds = try XCTUnwrap(entry["dataset"] as? String)
             let seqLen = try XCTUnwrap(ref["seq_len"] as? Int)
@@ -84,6 +84,14 @@ final class EngineTests: XCTestCase {
 
     func testTinyReferenceParity() throws {
         try checkReference(set: Fixtures.tiny, dataDir: Fixtures.data)
+    }
+
+    /// Both GEMM backends are exact against PyTorch, whichever `auto` picks on this CPU.
+    func testTinyReferenceParityOnEachBackend() throws {
+        for backend in [GEMMBackend.openblas, .onednn] {
+            try checkReference(set: Fixtures.tiny, dataDir: Fixtures.data, names: ["full-pyapi", "lora-pyapi"],
+                               gemm: GEMMOptions(backend: backend))
+        }
     }
 
     func testSmallReferenceParity() throws {
