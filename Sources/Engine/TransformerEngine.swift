@@ -12,7 +12,9 @@ enum MaskedUpdate {
 }
 
 /// Activations of one micro-batch, sized up front for `capacity` tokens (llm.c style). With
-/// `keepForBackward` every block keeps its own; otherwise one set is reused by all blocks.
+/// `keepForBackward` every block keeps its own; otherwise one set is reused by all blocks. With
+/// `recompute` (activation checkpointing) only each block's input is kept, and the backward pass
+/// recomputes one block's activations at a time into the single set.
 final class Activations {
     let capacity: Int
     /// Per block: the residual stream entering it [T, H].
@@ -40,15 +42,21 @@ final class Activations {
     var loraU: [Int: FloatBuffer]
     /// Sandwich-normed projection scratch [T, H].
     let normed: FloatBuffer
+    /// Bytes allocated.
+    var bytes: Int {
+        let lists = [xIn, rstd1, xn1, qkv, qk, qkRstd, att, attnProj, rstdAttnProj, mlpProj, rstdMlpProj, xMid, rstd2, xn2, gateUp, h]
+        return 4 * (lists.joined().map(\.count).reduce(0, +) + loraU.values.map(\.count).reduce(0, +)
+                    + normed.count + xOut.count + rstdF.count + xnF.count)
+    }
     /// Final residual [T, H], its rstd [T] and normalised output [T, H].
     let xOut: FloatBuffer, rstdF: FloatBuffer, xnF: FloatBuffer
 
-    init(spec c: TransformerSpec, capacity T: Int, loraRanks: [Int: Int], keepForBackward: Bool) {
+    init(spec c: TransformerSpec, capacity T: Int, loraRanks: [Int: Int], keepForBackward: Bool, recompute: Bool = false) {
         capacity = T
-        let B = keepForBackward ? c.blocks : 1
-        func make(_ n: Int, _ on: Bool = true) -> [FloatBuffer] { on ? (0..<B).map { _ in FloatBuffer(T * n) } : [] }
+        let B = keepForBackward && !recompute ? c.blocks : 1
+        func make(_ n: Int, _ on: Bool = true, count: Int = B) -> [FloatBuffer] { on ? (0..<count).map { _ in FloatBuffer(T * n) } : [] }
         let I = c.intermediateSize, H = c.hiddenSize
-        xIn = make(H); rstd1 = make(1); xn1 = make(H)
+        xIn = make(H, count: keepForBackward ? c.blocks : 1); rstd1 = make(1); xn1 = make(H)
         qkv = make(c.qkvDim); qk = make(c.qDim + c.kvDim); qkRstd = make(c.heads + c.kvHeads, c.qkNorm)
         att = make(c.qDim)
         attnProj = make(H, c.sandwichNorms); rstdAttnProj = make(1, c.sandwichNorms)
@@ -63,12 +71,14 @@ final class Activations {
 
     /// Bytes per token of the activations (every block's with `keepForBackward`, else one
     /// block's) plus, for the backward pass, the gradient scratch.
-    static func bytesPerToken(_ c: TransformerSpec, keepForBackward: Bool = true) -> Int {
+    static func bytesPerToken(_ c: TransformerSpec, keepForBackward: Bool = true, recompute: Bool = false) -> Int {
         let H = c.hiddenSize, I = c.intermediateSize
-        var perBlock = 4 * H + 2 + c.qkvDim + c.qDim + c.kvDim + c.qDim + 3 * I
+        // Per block, besides its input xIn [T, H].
+        var perBlock = 3 * H + 2 + c.qkvDim + c.qDim + c.kvDim + c.qDim + 3 * I
         if c.qkNorm { perBlock += c.heads + c.kvHeads }
         if c.sandwichNorms { perBlock += 2 * H + 2 }
-        var floats = perBlock * (keepForBackward ? c.blocks : 1) + 4 * H + (c.sandwichNorms ? H : 0)
+        let kept = keepForBackward && !recompute ? c.blocks : 1
+        var floats = perBlock * kept + H * (keepForBackward ? c.blocks : 1) + 4 * H + (c.sandwichNorms ? H : 0)
         if keepForBackward { floats += 4 * H + c.qkvDim + c.qDim + c.kvDim + c.qDim + 3 * I }
         return 4 * floats
     }
@@ -118,10 +128,17 @@ public final class TransformerEngine: @unchecked Sendable {
     public var tokenBudget: Int
     /// The most tokens one micro-batch has held so far (what the activations were sized for).
     public private(set) var largestMicroBatch = 0
+    /// Bytes of the largest activation set allocated so far.
+    public private(set) var activationBytesAllocated = 0
 
-    /// Bytes of activations kept per token for the backward pass, over all blocks.
-    public static func activationBytesPerToken(_ c: TransformerSpec, gradient: Bool = true) -> Int {
-        Activations.bytesPerToken(c, keepForBackward: gradient)
+    /// Activation checkpointing: the backward pass keeps only each block's input and recomputes
+    /// the block's activations (one more forward, a block's activations instead of all of them).
+    public var recompute = false
+
+    /// Bytes of activations kept per token for the backward pass, over all blocks (with
+    /// `recompute`, every block's input and one block's activations).
+    public static func activationBytesPerToken(_ c: TransformerSpec, gradient: Bool = true, recompute: Bool = false) -> Int {
+        Activations.bytesPerToken(c, keepForBackward: gradient, recompute: recompute)
     }
 
     /// Bytes of the logits chunk and its row copies (512 loss positions at a time).
@@ -234,7 +251,8 @@ public final class TransformerEngine: @unchecked Sendable {
             largestMicroBatch = max(largestMicroBatch, tokens)
             if acts == nil || acts!.capacity < tokens {
                 acts = Activations(spec: spec, capacity: max(tokens, min(tokenBudget, rows.map(\.ids.count).reduce(0, +))),
-                                   loraRanks: loraRanks, keepForBackward: gradient)
+                                   loraRanks: loraRanks, keepForBackward: gradient, recompute: recompute)
+                activationBytesAllocated = max(activationBytesAllocated, acts!.bytes)
             }
             let r = microBatch(batch, acts!, gradient: gradient)
             result.nllSum += r.nllSum
@@ -364,10 +382,11 @@ public final class TransformerEngine: @unchecked Sendable {
             weights.embed.widen(rows: id..<(id + 1), into: dst)
             if let s = c.embeddingScale { for i in 0..<H { dst[i] *= s } }
         }
-        // Blocks.
-        for b in 0..<c.blocks {
-            let s = gradient ? b : 0
-            let xIn = acts.xIn[s], xn1 = acts.xn1[s], qkv = acts.qkv[s], qk = acts.qk[s]
+        // One block's forward: its input is xIn[b] (or the one xIn without backward), its
+        // activations go to slot s, its output to the next block's input (or xOut).
+        let recompute = gradient && self.recompute
+        func blockForward(_ b: Int, slot s: Int) {
+            let xIn = acts.xIn[gradient ? b : 0], xn1 = acts.xn1[s], qkv = acts.qkv[s], qk = acts.qk[s]
             let att = acts.att[s], xMid = acts.xMid[s], xn2 = acts.xn2[s], gateUp = acts.gateUp[s], h = acts.h[s]
             let bw = weights.blocks[b]
             rmsnormForward(xn1.p, acts.rstd1[s].p, xIn.p, bw.inputNorm.p, T: T, H: H, eps: eps)
@@ -430,6 +449,7 @@ public final class TransformerEngine: @unchecked Sendable {
                 addInPlace(next.p, xMid.p, T * H)
             }
         }
+        for b in 0..<c.blocks { blockForward(b, slot: gradient && !recompute ? b : 0) }
         rmsnormForward(acts.xnF.p, acts.rstdF.p, acts.xOut.p, weights.finalNorm.p, T: T, H: H, eps: eps)
 
         // Loss positions: t predicts t+1 within its row.
@@ -471,14 +491,17 @@ public final class TransformerEngine: @unchecked Sendable {
         dRes.zero()
         rmsnormBackward(dRes.p, sc.dx.p, acts.xOut.p, acts.rstdF.p, weights.finalNorm.p, T: T, H: H)
         for b in stride(from: c.blocks - 1, through: 0, by: -1) {
+            // With recomputation the block's activations are formed again from its kept input.
+            let s = recompute ? 0 : b
+            if recompute { blockForward(b, slot: 0) }
             let bw = weights.blocks[b]
-            let xIn = acts.xIn[b], xn1 = acts.xn1[b], qkv = acts.qkv[b], qk = acts.qk[b]
-            let att = acts.att[b], xMid = acts.xMid[b], xn2 = acts.xn2[b], gateUp = acts.gateUp[b], h = acts.h[b]
+            let xIn = acts.xIn[b], xn1 = acts.xn1[s], qkv = acts.qkv[s], qk = acts.qk[s]
+            let att = acts.att[s], xMid = acts.xMid[s], xn2 = acts.xn2[s], gateUp = acts.gateUp[s], h = acts.h[s]
             // MLP: out = xMid + [norm](down(h))
             var dDown = dRes.p
             if c.sandwichNorms, let on = bw.mlpOutNorm {
                 sc.dProj.zero()
-                rmsnormBackward(sc.dProj.p, dRes.p, acts.mlpProj[b].p, acts.rstdMlpProj[b].p, on.p, T: T, H: H)
+                rmsnormBackward(sc.dProj.p, dRes.p, acts.mlpProj[s].p, acts.rstdMlpProj[s].p, on.p, T: T, H: H)
                 dDown = sc.dProj.p
             }
             sc.dh.zero()
@@ -486,18 +509,18 @@ public final class TransformerEngine: @unchecked Sendable {
             gatedBackward(sc.dGateUp.p, sc.dh.p, gateUp.p, T: T, I: I, c.activation)
             sc.dxn.zero()
             stageBackward(.gateUp, sc.dxn.p, sc.dGateUp.p, ldOut: 2 * I, xn2.p, block: b, T: T, acts: acts, scratch: sc, dGamma: &dGamma)
-            rmsnormBackward(dRes.p, sc.dxn.p, xMid.p, acts.rstd2[b].p, bw.mlpNorm.p, T: T, H: H)
+            rmsnormBackward(dRes.p, sc.dxn.p, xMid.p, acts.rstd2[s].p, bw.mlpNorm.p, T: T, H: H)
             // Attention: xMid = xIn + [norm](o(att))
             var dO = dRes.p
             if c.sandwichNorms, let on = bw.attentionOutNorm {
                 sc.dProj.zero()
-                rmsnormBackward(sc.dProj.p, dRes.p, acts.attnProj[b].p, acts.rstdAttnProj[b].p, on.p, T: T, H: H)
+                rmsnormBackward(sc.dProj.p, dRes.p, acts.attnProj[s].p, acts.rstdAttnProj[s].p, on.p, T: T, H: H)
                 dO = sc.dProj.p
             }
             sc.datt.zero()
             stageBackward(.attentionOut, sc.datt.p, dO, ldOut: H, att.p, block: b, T: T, acts: acts, scratch: sc, dGamma: &dGamma)
             sc.dqkv.zero(); sc.dqk.zero()
-            let qkRstd = c.qkNorm ? acts.qkRstd[b].p : nil
+            let qkRstd = c.qkNorm ? acts.qkRstd[s].p : nil
             parallelFor(rows.count) { range in
                 let probs = FloatBuffer(maxL * maxL), dProbs = FloatBuffer(maxL * maxL)
                 let caps = FloatBuffer(capped ? maxL * maxL : 0)
@@ -533,7 +556,7 @@ public final class TransformerEngine: @unchecked Sendable {
             }
             sc.dxn.zero()
             stageBackward(.qkv, sc.dxn.p, sc.dqkv.p, ldOut: qkvDim, xn1.p, block: b, T: T, acts: acts, scratch: sc, dGamma: &dGamma)
-            rmsnormBackward(dRes.p, sc.dxn.p, xIn.p, acts.rstd1[b].p, bw.inputNorm.p, T: T, H: H)
+            rmsnormBackward(dRes.p, sc.dxn.p, xIn.p, acts.rstd1[s].p, bw.inputNorm.p, T: T, H: H)
         }
         result.dNllSumDGamma = dGamma
         return result

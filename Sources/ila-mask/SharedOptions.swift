@@ -38,6 +38,9 @@ struct ModelDataOptions: ParsableArguments {
     @Option(help: "Inputs of the large GEMMs: float32 (exact against PyTorch) or bf16 (rounded to bfloat16, float32 accumulation; fast where the CPU has bf16 GEMMs).")
     var precision: GEMMPrecision = .float32
 
+    @Flag(help: "Recompute each block's activations in the backward pass instead of keeping them (less memory, one more forward; chosen by itself when one row does not fit otherwise).")
+    var recompute = false
+
     var gemmOptions: GEMMOptions { GEMMOptions(backend: gemm, precision: precision) }
 
     func validate() throws {
@@ -55,11 +58,11 @@ struct ModelDataOptions: ParsableArguments {
         var tokenBudget = 4096
         var memoryPlan: MemoryPlan?
         let model = try BaseModel(path: base) { checkpoint, spec in
-            let plan = MemoryPlan(spec: spec, checkpoint: checkpoint, deltas: store, gradient: gradient)
+            var plan = MemoryPlan(spec: spec, checkpoint: checkpoint, deltas: store, gradient: gradient)
             let available = MemoryPlan.available()
             let budget = maxMemory.flatMap(MemoryPlan.parseSize) ?? available.bytes
-            tokenBudget = try plan.tokenBudget(budget: budget, rowTokens: seqLen, source: maxMemory == nil ? available.source : "--max-memory",
-                                               what: base)
+            tokenBudget = try plan.budget(budget, rowTokens: seqLen, source: maxMemory == nil ? available.source : "--max-memory",
+                                          what: base, forceRecompute: recompute && gradient)
             memoryPlan = plan
         }
         var loaded: [LayerDelta] = []
@@ -68,6 +71,7 @@ struct ModelDataOptions: ParsableArguments {
             let engine = try TransformerEngine(weights: model.weights, deltas: loaded, maxSequenceLength: max(seqLen, 1),
                                                tokenBudget: tokenBudget, gemm: gemmOptions)
             guard let memoryPlan else { throw ILAError(file: base, "memory plan missing") }
+            engine.recompute = memoryPlan.recompute
             return (model, engine, store, memoryPlan)
         } catch let e as ILAError {
             throw ILAError(file: deltas ?? base, "does not fit base \(base): \(e.message)")
@@ -77,7 +81,8 @@ struct ModelDataOptions: ParsableArguments {
 
 /// `--json`'s memory report: what the plan said for the micro-batches that ran, and the peak.
 func memoryReport(_ plan: MemoryPlan, _ engine: TransformerEngine) -> [String: Int] {
-    ["planned_bytes": plan.total(tokens: engine.largestMicroBatch), "peak_rss_bytes": MemoryPlan.peakResidentBytes()]
+    ["planned_bytes": plan.total(tokens: engine.largestMicroBatch), "peak_rss_bytes": MemoryPlan.peakResidentBytes(),
+     "recompute": plan.recompute ? 1 : 0]
 }
 
 /// Runs the engine over rows in chunks, with a progress bar on a terminal.

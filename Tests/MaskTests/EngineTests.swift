@@ -150,6 +150,29 @@ final class EngineTests: XCTestCase {
         }
     }
 
+    /// Recomputing each block's activations in the backward pass (checkpointing) gives the same
+    /// sums as keeping them, for LoRA and full deltas, in less activation memory.
+    func testRecomputationGivesTheSameResult() throws {
+        for aligned in ["lora-pyapi", "full-pyapi"] {
+            let (base, engine, _) = try makeEngine(set: Fixtures.tiny, aligned: aligned)
+            let rows = try base.rows(path: Fixtures.data + "/pyapi.train.jsonl", template: .alpaca, seqLen: 64, limit: 6)
+            let gamma = (0..<engine.maskedLayers.count).map { Float(0.2 + 0.6 * Double($0 % 5) / 4) }
+            let kept = try engine.gradient(rows: rows, gamma: gamma)
+            let (_, recomputing, _) = try makeEngine(set: Fixtures.tiny, aligned: aligned)
+            recomputing.recompute = true
+            let again = try recomputing.gradient(rows: rows, gamma: gamma)
+            XCTAssertLessThan(recomputing.activationBytesAllocated, engine.activationBytesAllocated, "\(aligned): activations kept")
+            XCTAssertEqual(again.tokens, kept.tokens)
+            XCTAssertEqual(again.nllSum, kept.nllSum, accuracy: 1e-9 * kept.nllSum, aligned)
+            for i in 0..<gamma.count {
+                XCTAssertEqual(again.dNllSumDGamma[i], kept.dNllSumDGamma[i], accuracy: 1e-9 * abs(kept.dNllSumDGamma[i]) + 1e-12, "\(aligned) \(i)")
+            }
+            let spec = base.spec
+            let full = TransformerEngine.activationBytesPerToken(spec), less = TransformerEngine.activationBytesPerToken(spec, recompute: true)
+            XCTAssertLessThan(less, full, "\(spec.blocks) blocks")
+        }
+    }
+
     /// Splitting a batch into micro-batches changes nothing.
     func testMicroBatchesGiveTheSameResult() throws {
         let (base, engine, _) = try makeEngine(set: Fixtures.tiny, aligned: "lora-define-100")
