@@ -238,9 +238,20 @@ final class GEMMSeam: @unchecked Sendable {
             parallelFor(r1 - r0, minChunk: max(1, 65536 / max(cols, 1))) { rr in
                 let dst = tile.p + rr.lowerBound * cols
                 e.w.widen(rows: (r0 + rr.lowerBound)..<(r0 + rr.upperBound), into: dst)
-                if let d = e.delta {
-                    let g = e.gamma, src = d + (r0 + rr.lowerBound) * cols
+                guard let d = e.delta else { return }
+                let g = e.gamma
+                if let f = d.float32 {
+                    let src = f + (r0 + rr.lowerBound) * cols
                     for i in 0..<(rr.count * cols) { dst[i] = dst[i] + g * src[i] }
+                } else {
+                    // A float16 Δ, widened a row at a time.
+                    let row = UnsafeMutablePointer<Float>.allocate(capacity: cols)
+                    defer { row.deallocate() }
+                    for r in rr {
+                        d.widen(rows: (r0 + r)..<(r0 + r + 1), into: row)
+                        let o = tile.p + r * cols
+                        for j in 0..<cols { o[j] = o[j] + g * row[j] }
+                    }
                 }
             }
             body(r0..<r1, UnsafePointer(tile.p))
@@ -335,7 +346,22 @@ final class GEMMSeam: @unchecked Sendable {
 /// is masked in. Never materialised as a whole: tiles of rows are widened as GEMMs use them.
 struct EffectiveWeight {
     let w: WeightMatrix
-    /// Δ [rows, cols] float32, or nil.
-    let delta: CPtr?
+    /// Δ [rows, cols] (float32 or float16), or nil.
+    let delta: WeightMatrix?
     let gamma: Float
+}
+
+extension WeightMatrix {
+    /// ⟨self, x⟩ over all values, x [rows, cols] float32; float16/bf16 widened row by row.
+    func dot(_ x: CPtr) -> Double {
+        if let f = float32 { return Double(BLAS.dot(count, f, x)) }
+        let row = UnsafeMutablePointer<Float>.allocate(capacity: max(cols, 1))
+        defer { row.deallocate() }
+        var total = 0.0
+        for r in 0..<rows {
+            widen(rows: r..<(r + 1), into: row)
+            total += Double(BLAS.dot(cols, row, x + r * cols))
+        }
+        return total
+    }
 }

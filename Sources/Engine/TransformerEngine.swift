@@ -5,8 +5,9 @@ import ILAModel
 
 /// A layer's update as the engine applies it: W = W0 + γ·Δ.
 enum MaskedUpdate {
-    /// Δ row-major [out, in]; W0 + γΔ is formed tile by tile as the GEMMs use it.
-    case full(delta: FloatBuffer)
+    /// Δ row-major [out, in] (float32, or float16 as ila-diff --dtype f16 stored it); W0 + γΔ is
+    /// formed tile by tile as the GEMMs use it.
+    case full(delta: WeightMatrix)
     /// Δ = scale · B·A, A [r, in], B [out, r]; never materialised.
     case lora(a: FloatBuffer, b: FloatBuffer, rank: Int, scale: Float)
 }
@@ -84,6 +85,11 @@ final class Activations {
     }
 }
 
+/// Reading a layer from the deltas file failed (as opposed to the deltas not fitting the model).
+public struct DeltaLoadError: Error {
+    public let underlying: Error
+}
+
 /// The result of running the model on some rows.
 public struct EngineResult: Sendable {
     /// Σ NLL over every response token (natural log).
@@ -128,6 +134,15 @@ public final class TransformerEngine: @unchecked Sendable {
     public var tokenBudget: Int
     /// The most tokens one micro-batch has held so far (what the activations were sized for).
     public private(set) var largestMicroBatch = 0
+    /// Bytes the masked updates are held in (dense Δ at its stored precision, LoRA factors float32).
+    public var deltaBytes: Int {
+        updates.map { u in
+            switch u {
+            case .full(let d): return d.bytes
+            case .lora(let a, let b, _, _): return 4 * (a.count + b.count)
+            }
+        }.reduce(0, +)
+    }
     /// Bytes of the largest activation set allocated so far.
     public private(set) var activationBytesAllocated = 0
 
@@ -153,8 +168,29 @@ public final class TransformerEngine: @unchecked Sendable {
     ///   - tileFloats: floats of the scratch that bf16/f16 weights and W0 + γΔ are widened into,
     ///     a tile of rows at a time (default 4 M; at least one row of the widest matrix).
     ///   - gemm: the GEMM backend and the precision of the large GEMMs' inputs.
-    public init(weights: ModelWeights, deltas: [LayerDelta], maxSequenceLength: Int = 4096, tokenBudget: Int? = nil,
-                activationMemory: Int = 2 << 30, tileFloats: Int = 1 << 22, gemm: GEMMOptions = GEMMOptions()) throws {
+    public convenience init(weights: ModelWeights, deltas: [LayerDelta], maxSequenceLength: Int = 4096, tokenBudget: Int? = nil,
+                            activationMemory: Int = 2 << 30, tileFloats: Int = 1 << 22, gemm: GEMMOptions = GEMMOptions()) throws {
+        try self.init(weights: weights, layers: deltas.map(\.layer), load: { i, _ in (deltas[i], false) },
+                      maxSequenceLength: maxSequenceLength, tokenBudget: tokenBudget, activationMemory: activationMemory,
+                      tileFloats: tileFloats, gemm: gemm)
+    }
+
+    /// The engine with the deltas of a store (in its canonical order), loaded one layer at a time
+    /// so that only one layer's decoded copy exists besides what the engine holds; dense float16
+    /// deltas stay float16.
+    public convenience init(weights: ModelWeights, store: DeltaStore, maxSequenceLength: Int = 4096, tokenBudget: Int? = nil,
+                            activationMemory: Int = 2 << 30, tileFloats: Int = 1 << 22, gemm: GEMMOptions = GEMMOptions()) throws {
+        try self.init(weights: weights, layers: store.layers, load: { _, layer in
+            do { return (try store.delta(layer), store.layerInfo(layer)?.dtype == "float16") }
+            catch { throw DeltaLoadError(underlying: error) }
+        }, maxSequenceLength: maxSequenceLength, tokenBudget: tokenBudget, activationMemory: activationMemory,
+                      tileFloats: tileFloats, gemm: gemm)
+    }
+
+    /// `load(i, layer)` gives layer i's delta and whether its dense Δ is to be held as float16
+    /// (its values are float16 already, so narrowing them back is exact).
+    init(weights: ModelWeights, layers: [LinearLayer], load: (Int, LinearLayer) throws -> (LayerDelta, Bool),
+         maxSequenceLength: Int, tokenBudget: Int?, activationMemory: Int, tileFloats: Int, gemm: GEMMOptions) throws {
         spec = weights.spec
         self.weights = weights
         // The engine splits work across cores itself; OpenBLAS threads would spin against it.
@@ -163,7 +199,8 @@ public final class TransformerEngine: @unchecked Sendable {
         self.maxSequenceLength = maxSequenceLength
         var slot = [[LayerKind: Int]](repeating: [:], count: spec.blocks)
         var updates: [MaskedUpdate] = []
-        for (i, d) in deltas.enumerated() {
+        for (i, layer) in layers.enumerated() {
+            let (d, half) = try load(i, layer)
             let l = d.layer
             guard l.block < spec.blocks else {
                 throw ILAError("delta \(l.name): block \(l.block) but the model has \(spec.blocks) blocks")
@@ -179,7 +216,9 @@ public final class TransformerEngine: @unchecked Sendable {
             slot[l.block][l.kind] = i
             switch d.payload {
             case .full(let delta):
-                updates.append(.full(delta: FloatBuffer(delta)))
+                updates.append(.full(delta: half
+                    ? WeightMatrix(halfBits: delta.map { Float16($0).bitPattern }, precision: .float16, rows: d.outFeatures, cols: d.inFeatures)
+                    : WeightMatrix(float32: delta, rows: d.outFeatures, cols: d.inFeatures)))
             case .factors(let a, let b, let r, let scale):
                 updates.append(.lora(a: FloatBuffer(a), b: FloatBuffer(b), rank: r, scale: scale))
             }
@@ -192,8 +231,8 @@ public final class TransformerEngine: @unchecked Sendable {
             && weights.blocks.allSatisfy { $0.linear.values.allSatisfy { $0.float32 != nil } }
         let hasFull = updates.contains { if case .full = $0 { return true } else { return false } }
         self.gemm = GEMMSeam(gemm, tileFloats: allFloat32 && !hasFull ? 0 : max(widest, tileFloats))
-        maskedLayers = deltas.map(\.layer)
-        currentGamma = [Float](repeating: 0, count: deltas.count)
+        maskedLayers = layers
+        currentGamma = [Float](repeating: 0, count: layers.count)
         // One table per distinct rope, shared by the blocks that use it.
         var cache: [RotaryEmbedding: RopeTables] = [:]
         fixedRope = spec.layers.map { layer in
@@ -281,7 +320,7 @@ public final class TransformerEngine: @unchecked Sendable {
     private func weight(_ block: Int, _ kind: LayerKind) -> EffectiveWeight {
         let w0 = weights.blocks[block].linear[kind]!
         if let i = slot[block][kind], case .full(let delta) = updates[i], currentGamma[i] != 0 {
-            return EffectiveWeight(w: w0, delta: UnsafePointer(delta.p), gamma: currentGamma[i])
+            return EffectiveWeight(w: w0, delta: delta, gamma: currentGamma[i])
         }
         return EffectiveWeight(w: w0, delta: nil, gamma: 0)
     }
@@ -313,7 +352,7 @@ public final class TransformerEngine: @unchecked Sendable {
             // dW = dYᵀ·x [O, I]; dγ = ⟨Δ, dW⟩
             let dW = scratch.weightGrad
             gemm.gemmAtPrecision(transA: true, m: O, n: I, k: T, dy, lda: ldOut, x, dW.p)
-            dGamma[i] += Double(BLAS.dot(O * I, delta.p, dW.p))
+            dGamma[i] += delta.dot(UnsafePointer(dW.p))
         case .lora(let a, let b, let r, let scale):
             // v = dY·B [T, r]; dγ = scale·Σ v∘u; dx += γ·scale·v·A
             let v = scratch.loraV

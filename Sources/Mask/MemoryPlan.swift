@@ -11,7 +11,8 @@ public struct MemoryPlan: Sendable {
     public var weights: Int
     /// The largest tensor, copied once more while it loads.
     public var loadTransient: Int
-    /// Deltas as the engine holds them, plus the decoded copy while they load.
+    /// Deltas as the engine holds them (float16 dense deltas 2 bytes per value), plus one
+    /// layer's decoded copy while they load.
     public var deltas: Int
     /// Scratch independent of the batch: widening tiles, a full delta's weight gradient, logits.
     public var fixed: Int
@@ -39,7 +40,7 @@ public struct MemoryPlan: Sendable {
         }
         weights = w
         loadTransient = largest
-        var d = 0, maxWeight = 0, loraFloatsPerToken = 0
+        var d = 0, maxWeight = 0, loraFloatsPerToken = 0, largestDecoded = 0
         for layer in deltas?.layers ?? [] {
             guard let l = deltas?.layerInfo(layer) else { continue }
             let floats: Int
@@ -50,9 +51,10 @@ public struct MemoryPlan: Sendable {
                 floats = l.outFeatures * l.inFeatures
                 maxWeight = max(maxWeight, floats)
             }
-            d += 4 * floats * 2   // held, and the decoded copy the engine copies from
+            d += floats * (l.rank == nil && l.dtype == "float16" ? 2 : 4)
+            largestDecoded = max(largestDecoded, 4 * floats)
         }
-        self.deltas = d
+        self.deltas = d + largestDecoded
         fixed = TransformerEngine.tileBytes + TransformerEngine.logitsBytes(spec) + (gradient ? 4 * maxWeight : 0)
         // u = x·Aᵀ of every LoRA layer is kept per token; the backward adds v = dY·B of one.
         let maxRank = deltas?.layers.compactMap { deltas?.layerInfo($0)?.rank }.max() ?? 0

@@ -65,14 +65,17 @@ struct ModelDataOptions: ParsableArguments {
                                           what: base, forceRecompute: recompute && gradient)
             memoryPlan = plan
         }
-        var loaded: [LayerDelta] = []
-        if let store { loaded = try store.layers.map { try store.delta($0) } }
         do {
-            let engine = try TransformerEngine(weights: model.weights, deltas: loaded, maxSequenceLength: max(seqLen, 1),
-                                               tokenBudget: tokenBudget, gemm: gemmOptions)
+            let engine = try store.map {
+                try TransformerEngine(weights: model.weights, store: $0, maxSequenceLength: max(seqLen, 1),
+                                      tokenBudget: tokenBudget, gemm: gemmOptions)
+            } ?? TransformerEngine(weights: model.weights, deltas: [], maxSequenceLength: max(seqLen, 1),
+                                   tokenBudget: tokenBudget, gemm: gemmOptions)
             guard let memoryPlan else { throw ILAError(file: base, "memory plan missing") }
             engine.recompute = memoryPlan.recompute
             return (model, engine, store, memoryPlan)
+        } catch let e as DeltaLoadError {
+            throw e.underlying
         } catch let e as ILAError {
             throw ILAError(file: deltas ?? base, "does not fit base \(base): \(e.message)")
         }

@@ -150,6 +150,36 @@ final class EngineTests: XCTestCase {
         }
     }
 
+    /// Dense float16 deltas (ila-diff --dtype f16) are held as float16, half the bytes, with the
+    /// results of the same values held as float32.
+    func testFloat16DeltasStayFloat16() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ila-f16-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("d.h5").path
+        let base = try BaseModel(path: Fixtures.tiny + "/base-A")
+        let computer = try DeltaComputer(base: base.checkpoint, aligned: try AlignedCheckpoint.open(Fixtures.tiny + "/full-pyapi"))
+        let writer = try DeltaStoreWriter(path: path, info: DeltaFileInfo(kind: "full", base: "b", aligned: "a", tool: "test"), storeF16: true)
+        for l in computer.layers { try writer.append(try computer.delta(for: l)) }
+        try writer.finish()
+        let store = try DeltaStore(path: path)
+        let held = try TransformerEngine(weights: base.weights, store: store)
+        let widened = try TransformerEngine(weights: base.weights, deltas: try store.layers.map { try store.delta($0) })
+        XCTAssertEqual(held.maskedLayers.map(\.name), widened.maskedLayers.map(\.name))
+        XCTAssertEqual(Double(held.deltaBytes), 0.5 * Double(widened.deltaBytes), accuracy: 1)
+        let rows = try base.rows(path: Fixtures.data + "/pyapi.train.jsonl", template: .alpaca, seqLen: 64, limit: 6)
+        let gamma = (0..<held.maskedLayers.count).map { Float(0.3 + 0.5 * Double($0 % 3) / 2) }
+        let a = try held.gradient(rows: rows, gamma: gamma), b = try widened.gradient(rows: rows, gamma: gamma)
+        XCTAssertEqual(a.nllSum, b.nllSum, accuracy: 1e-6 * b.nllSum)
+        for i in 0..<gamma.count {
+            XCTAssertEqual(a.dNllSumDGamma[i], b.dNllSumDGamma[i], accuracy: 1e-5 * abs(b.dNllSumDGamma[i]) + 1e-7, "layer \(i)")
+        }
+        // The float16 values differ from the float32 deltas (the test holds real float16 data).
+        let f32 = try computer.delta(for: computer.layers[0])
+        guard case .full(let x) = f32.payload, case .full(let y) = try store.delta(computer.layers[0]).payload else { return XCTFail("dense") }
+        XCTAssertNotEqual(x, y)
+    }
+
     /// Recomputing each block's activations in the backward pass (checkpointing) gives the same
     /// sums as keeping them, for LoRA and full deltas, in less activation memory.
     func testRecomputationGivesTheSameResult() throws {

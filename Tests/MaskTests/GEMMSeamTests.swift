@@ -92,8 +92,9 @@ final class GEMMSeamTests: XCTestCase {
                         let seam = GEMMSeam(GEMMOptions(backend: backend, precision: precision), tileFloats: max(tileFloats, I))
                         let weff = (0..<(O * I)).map { w0[$0] + gamma * delta[$0] }
                         let what = "\(backend) \(precision) tile \(tileFloats) γ \(gamma)"
-                        delta.withUnsafeBufferPointer { dp in
-                            let e = EffectiveWeight(w: wm, delta: gamma == 0 ? nil : dp.baseAddress!, gamma: gamma)
+                        do {
+                            let dm = WeightMatrix(float32: delta, rows: O, cols: I)
+                            let e = EffectiveWeight(w: wm, delta: gamma == 0 ? nil : dm, gamma: gamma)
                             var out = [Float](repeating: 0, count: T * O)
                             var dx = [Float](repeating: 1, count: T * I)
                             x.withUnsafeBufferPointer { xp in out.withUnsafeMutableBufferPointer { op in
