@@ -33,12 +33,15 @@ public struct DataFormat {
 /// Tokenized rows of `messages` (and other text rows) under the model's own chat template.
 ///
 /// With the conversation cut after its last assistant turn (later turns are not part of the
-/// example), `full = render(turns, add_generation_prompt=False)`. Each trained assistant turn at
-/// index `a` spans the text between `P = render(turns[..<a], add_generation_prompt=True)` and
-/// `F = render(turns[...a], add_generation_prompt=False)`: P must be a prefix of F and F a prefix
-/// of `full` (for the last turn F is `full`), else the row is refused — the template renders that
-/// turn differently once later turns follow (Qwen3 drops earlier turns' `<think>` blocks, Mistral
-/// v0.3 moves the system prompt to the last user turn), so no prefix difference labels it.
+/// example), `full = render(turns, add_generation_prompt=False)`. For each trained assistant turn
+/// at index `a`: `P = render(turns[..<a], add_generation_prompt=True)` and
+/// `F = render(turns[...a], add_generation_prompt=False)` (for the last turn F is `full`). P must
+/// be a prefix of F. The turn spans `full` from `len(P)` to `E`, the length of the common prefix
+/// of F and `full`; E must exceed len(P), and what F has after E must be the end of `full` (text
+/// the template writes only when a conversation ends, like Phi-3's EOS). Otherwise the row is
+/// refused: the template renders that turn differently once later turns follow (Qwen3 drops
+/// earlier turns' `<think>` blocks, Mistral v0.3 moves the system prompt to the last user turn),
+/// so no prefix difference labels it. Offsets count Unicode scalars (Python's str indices).
 /// `full` is cut at the span boundaries, each piece tokenized on its own (as transformers
 /// tokenizes a rendered chat: special tokens written in the text are matched, nothing is added),
 /// the pieces inside spans labelled with their ids and the rest -100; all cut to `seqLen`.
@@ -158,13 +161,15 @@ public final class ChatRowBuilder {
             guard f.starts(with: p) else {
                 throw RowProblem("the chat template's prompt for assistant turn messages[\(a)] (add_generation_prompt=True) is not the start of the text with that turn, so the turn's tokens cannot be told apart")
             }
-            guard full.starts(with: f) else {
+            var end = 0
+            while end < f.count && end < full.count && f[end] == full[end] { end += 1 }
+            guard end > p.count, full.count >= f.count - end, full[(full.count - (f.count - end))...].elementsEqual(f[end...]) else {
                 throw RowProblem("the chat template renders assistant turn messages[\(a)] differently when later turns follow it, so --train-on all-assistant cannot label it (use --train-on last)")
             }
             if let prev = spans.last, p.count < prev.1 {
                 throw RowProblem("the chat template's text for assistant turn messages[\(a)] overlaps the previous turn's")
             }
-            spans.append((p.count, f.count))
+            spans.append((p.count, end))
         }
         var out: [(String, Bool)] = []
         var at = 0

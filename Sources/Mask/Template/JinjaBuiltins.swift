@@ -74,7 +74,7 @@ extension JinjaInterpreter {
             for (k, v) in kwargs { d[k] = v }
             return .dict(d)
         })
-        root.vars["range"] = .function(JFunction("range") { args, _ in
+        root.vars["range"] = .function(JFunction("range") { [unowned self] args, _ in
             let ints = try args.map { v -> Int in
                 guard let i = Self.asInt(v) else { throw EvalError("range() takes integers, not \(v.typeName)") }
                 return i
@@ -89,6 +89,8 @@ extension JinjaInterpreter {
             guard step != 0 else { throw EvalError("range() arg 3 must not be zero") }
             let count = step > 0 ? (stop > start ? (stop - start - 1) / step + 1 : 0) : (start > stop ? (start - stop - 1) / (-step) + 1 : 0)
             guard count <= 100_000 else { throw EvalError("range too big, maximum size for range is 100000") }
+            self.steps += count
+            if self.steps > self.limits.steps { throw EvalError("template did not finish within \(self.limits.steps) evaluation steps") }
             return .list((0..<count).map { .int(start + $0 * step) })
         })
         for name in ["lipsum", "cycler", "joiner"] {
@@ -588,7 +590,12 @@ extension JinjaInterpreter {
             case .string, .list, .dict, .undefined: return true
             default: return false
             }
-        case "callable": if case .function = v { return true } else { return false }
+        case "callable":
+            // jinja2's Undefined defines __call__ (to fail), so callable() is true for it
+            switch v {
+            case .function, .undefined: return true
+            default: return false
+            }
         case "escaped": return false
         case "sameas":
             let o = try arg()

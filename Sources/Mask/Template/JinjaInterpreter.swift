@@ -205,6 +205,7 @@ final class JinjaInterpreter {
         }
         let n = items.count
         for (k, item) in items.enumerated() {
+            try tick()
             let f = JFrame(parent: frame)
             var loop = JDict()
             loop["index"] = .int(k + 1)
