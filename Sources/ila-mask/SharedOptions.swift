@@ -7,12 +7,14 @@ import ILAModel
 import ILAEngine
 import ILARanking
 
-extension PromptTemplate: ExpressibleByArgument {}
+extension PromptTemplate: ExpressibleByArgument {
+    public static var allValueStrings: [String] { allNames }
+}
 extension TrainOn: ExpressibleByArgument {}
 
 /// The data options every command that reads rows shares (eval, learn, bench, tokenize).
 struct DataFormatOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("Prompt template: \(PromptTemplate.allCases.map(\.rawValue).joined(separator: ", ")). `model` is the tokenizer's own chat template (tokenizer_config.json's chat_template or chat_template.jinja), rendered as transformers' apply_chat_template renders it. Default: model for messages rows when the tokenizer has a chat template, alpaca otherwise.",
+    @Option(help: ArgumentHelp("Prompt template: \(PromptTemplate.allNames.joined(separator: ", ")). `model` is the tokenizer's own chat template (tokenizer_config.json's chat_template or chat_template.jinja), rendered as transformers' apply_chat_template renders it. Default: model for messages rows when the tokenizer has a chat template, alpaca otherwise.",
                                valueName: "name"))
     var template: PromptTemplate?
 

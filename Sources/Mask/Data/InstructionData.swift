@@ -31,6 +31,12 @@ import Darwin
 ///   `ChatRowBuilder` (ChatData.swift). Nothing is added around the rendered text.
 public enum PromptTemplate: String, CaseIterable, Sendable {
     case alpaca, chatml, llama2, llama3, mistral, model
+
+    /// The hand-written templates, which need nothing but a tokenizer. `model` is left out: it
+    /// needs the tokenizer's chat template and is chosen by name (`PromptTemplate(rawValue:)`).
+    public static var allCases: [PromptTemplate] { [.alpaca, .chatml, .llama2, .llama3, .mistral] }
+    /// Every template name, `model` included.
+    public static var allNames: [String] { allCases.map(\.rawValue) + [PromptTemplate.model.rawValue] }
 }
 
 extension TokenizedRow {
