@@ -6,7 +6,7 @@ import ILAMask
 // a JSON object whose "messages" and "tools" are passed as apply_chat_template passes them and
 // whose other keys are extra variables (a fixed conversation when absent or invalid). Both
 // add_generation_prompt values; small limits so that every input finishes fast.
-let fallback: [JValue] = [
+nonisolated(unsafe) let fallback: [JValue] = [
     .dict(JDict([("role", .string("system")), ("content", .string("S"))])),
     .dict(JDict([("role", .string("user")), ("content", .string("Hi"))])),
     .dict(JDict([("role", .string("assistant")), ("content", .string("Hello"))])),
