@@ -56,14 +56,21 @@ final class MappedFile: @unchecked Sendable {
         if let base { munmap(UnsafeMutableRawPointer(mutating: base), size) }
     }
 
-    /// Asks the kernel to read `[offset, offset + count)` ahead (a hint; errors are ignored).
+    /// Maps `[offset, offset + count)` in one call before it is read (MADV_POPULATE_READ, Linux
+    /// 5.14+: far cheaper than a page fault per 64 KiB), else asks for read-ahead. A hint: errors
+    /// are ignored and reads fault pages in as usual.
     func willNeed(offset: Int, count: Int) {
         guard let base, count > 0 else { return }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let start = offset / page * page
         let end = min(size, offset + count)
         guard end > start else { return }
-        _ = madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, MADV_WILLNEED)
+        let p = UnsafeMutableRawPointer(mutating: base + start)
+        #if os(Linux)
+        let populateRead: Int32 = 22  // MADV_POPULATE_READ
+        if madvise(p, end - start, populateRead) == 0 { return }
+        #endif
+        _ = madvise(p, end - start, MADV_WILLNEED)
     }
 
     /// Drops the mapped pages of `[offset, offset + count)` from this process's resident set

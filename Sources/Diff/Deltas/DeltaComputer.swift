@@ -153,6 +153,7 @@ public struct DeltaComputer {
                           ab.count == n * ai.dtype.size else {
                         throw ILAError(file: a.file(of: w) ?? a.path, "tensor \(w): stored size does not match its shape")
                     }
+                    adviseHugePages(buf.baseAddress!, byteCount: n * 4)
                     (normBase, normDelta) = try subtract(bp, bi.dtype, ap, ai.dtype, n, buf.baseAddress!)
                     initialized = n
                 }
@@ -281,4 +282,18 @@ private func subtract(_ b: UnsafeRawPointer, _ bt: SafetensorsDType, _ a: Unsafe
     case .F32: return try typed(F32Element.self)
     default: throw ILAError("dtype \(bt.rawValue) cannot be widened")
     }
+}
+
+/// Asks for transparent huge pages on the 2 MiB-aligned interior of a fresh, untouched buffer
+/// (a 64 MiB delta otherwise costs 16k page faults and as many page clears and unmaps, 8% of a
+/// full diff's CPU). A hint: ignored where THP is off or unsupported.
+private func adviseHugePages(_ p: UnsafeMutableRawPointer, byteCount: Int) {
+    #if os(Linux)
+    let huge = 2 << 20
+    guard byteCount >= 2 * huge else { return }
+    let start = (Int(bitPattern: p) + huge - 1) / huge * huge
+    let end = (Int(bitPattern: p) + byteCount) / huge * huge
+    guard end > start, let aligned = UnsafeMutableRawPointer(bitPattern: start) else { return }
+    _ = madvise(aligned, end - start, 14)  // MADV_HUGEPAGE
+    #endif
 }

@@ -233,7 +233,22 @@ public final class DeltaStoreWriter: @unchecked Sendable {
     }
 
     private func checkFinite(_ values: [Float], fail: (String) -> ILAError) throws {
-        if let bad = values.firstIndex(where: { !$0.isFinite }) {
+        // Blocks of 4096 reduced with a branch-free max of |bits| (vectorised); a non-finite value
+        // has all exponent bits set, so |bits| ≥ 0x7F80_0000. Only a hit is searched element-wise.
+        let hit: Bool = values.withUnsafeBufferPointer { p in
+            p.withMemoryRebound(to: Int32.self) { u in
+                var i = 0
+                while i < u.count {
+                    let end = min(u.count, i + 4096)
+                    var m: Int32 = 0
+                    for j in i..<end { m = max(m, u[j] & 0x7FFF_FFFF) }
+                    if m >= 0x7F80_0000 { return true }
+                    i = end
+                }
+                return false
+            }
+        }
+        if hit, let bad = values.firstIndex(where: { !$0.isFinite }) {
             throw fail("value \(values[bad]) at index \(bad) is not finite")
         }
     }
