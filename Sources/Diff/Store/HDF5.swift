@@ -750,6 +750,33 @@ public final class HDF5Dataset: HDF5Object {
         }
     }
 
+    /// How the dataset is stored: its chunk dims (nil when contiguous or compact) and its
+    /// filter pipeline, e.g. `["shuffle", "deflate 1"]` (other filters by their HDF5 id).
+    public func storage() throws -> (chunk: [Int]?, filters: [String]) {
+        try HDF5Library.locked {
+            let dcpl = H5Dget_create_plist(id)
+            guard dcpl >= 0 else { throw error("cannot read the dataset's storage properties") }
+            defer { _ = H5Pclose(dcpl) }
+            guard H5Pget_layout(dcpl) == H5D_CHUNKED else { return (nil, []) }
+            var dims = [hsize_t](repeating: 0, count: 32)
+            let rank = H5Pget_chunk(dcpl, Int32(dims.count), &dims)
+            guard rank > 0 else { throw error("cannot read the chunk dimensions") }
+            var filters: [String] = []
+            for i in 0..<max(0, H5Pget_nfilters(dcpl)) {
+                var flags: UInt32 = 0, count = 8
+                var cd = [UInt32](repeating: 0, count: 8)
+                var config: UInt32 = 0
+                let f = H5Pget_filter2(dcpl, UInt32(i), &flags, &count, &cd, 0, nil, &config)
+                switch f {
+                case H5Z_FILTER_DEFLATE: filters.append("deflate \(count > 0 ? Int(cd[0]) : -1)")
+                case H5Z_FILTER_SHUFFLE: filters.append("shuffle")
+                default: filters.append("filter \(f)")
+                }
+            }
+            return (dims.prefix(Int(rank)).map { Int($0) }, filters)
+        }
+    }
+
     /// Refuses a dataset whose declared size is not backed by data in the file, before a buffer of
     /// that size is allocated: a tiny hostile file may declare [1e5, 1e5] and store nothing (HDF5
     /// would return fill values). Unfiltered storage must hold every byte; compressed storage
