@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Python baseline for `ila-diff`: the same diff with safetensors + numpy + h5py.
 
-    diff_baseline.py BASE ALIGNED -o deltas.h5 [--dtype f32|f16]
+    diff_baseline.py BASE ALIGNED -o deltas.h5 [--dtype f32|f16] [--compression N]
 
 BASE: model directory (model.safetensors or sharded with model.safetensors.index.json) or one
 .safetensors file. ALIGNED: the same, or a PEFT LoRA adapter directory. Writes the layout of
 DESIGN.md section 4 with the same storage settings as ila-diff (chunks of ~1 MiB row blocks,
-shuffle + gzip level 4), to a temporary name renamed when complete.
+shuffle + gzip at --compression N, default 1 like ila-diff's; 0 = contiguous without filters, as
+ila-diff writes it), to a temporary name renamed when complete. h5py compresses with zlib, one
+chunk at a time, on one thread: what a careful user of safetensors + numpy + h5py gets.
 
 numpy has no bfloat16, so bf16 tensors are widened by bit shifting (exact); safetensors' own
 header parser (safe_open) lists tensors and loads F32/F16 ones.
@@ -122,10 +124,16 @@ def chunks(shape, itemsize):
     return tuple(chunk)
 
 
+LEVEL = 1
+
+
 def dataset(g, name, values, dtype=np.float32):
     values = np.ascontiguousarray(values, dtype=dtype)
+    if LEVEL == 0:
+        g.create_dataset(name, data=values)
+        return
     g.create_dataset(name, data=values, chunks=chunks(values.shape, values.itemsize),
-                     compression="gzip", compression_opts=4, shuffle=True)
+                     compression="gzip", compression_opts=LEVEL, shuffle=True)
 
 
 def norm(x):
@@ -139,7 +147,10 @@ def main():
     ap.add_argument("aligned")
     ap.add_argument("-o", "--output", required=True)
     ap.add_argument("--dtype", choices=["f32", "f16"], default="f32")
+    ap.add_argument("--compression", type=int, choices=range(10), default=1, metavar="0-9")
     args = ap.parse_args()
+    global LEVEL
+    LEVEL = args.compression
 
     base = Model(args.base)
     lora = os.path.exists(os.path.join(args.aligned, "adapter_config.json"))

@@ -1,7 +1,6 @@
 #ifndef ILA_CHDF5_SHIM_H
 #define ILA_CHDF5_SHIM_H
 #include <hdf5.h>
-#include <zlib.h>  // deflate chunks off the HDF5 lock (FilteredChunks)
 
 // HDF5's property-list and type "constants" are macros that call H5open(); Swift cannot import them.
 static inline hid_t ila_H5P_DEFAULT(void) { return H5P_DEFAULT; }

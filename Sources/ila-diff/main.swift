@@ -17,6 +17,13 @@ struct ILADiffCommand: ParsableCommand {
           ila-diff base/ lora-adapter/ -o deltas.h5
           ila-diff base/ finetuned/ -o deltas.h5 --rank 16
           ila-diff base/ finetuned/ -o deltas.h5 --dtype f16 --include 'layers\\.(0|1)\\.' --json
+          ila-diff base/ finetuned/ -o deltas.h5 --compression 0
+
+        --compression: deflate level of the datasets (chunked, shuffle + deflate), 1 fastest to 9 \
+        smallest, or 0 for no compression filter at all (contiguous datasets, 4.6 times larger \
+        for a full fine-tune's deltas). The default, 1, was chosen by measurement: on a \
+        Llama-3.2-1B-shape full fine-tune, level 4 makes the file 3.7% smaller for 2.3 times the \
+        CPU time and level 9 7.9% smaller for 23 times.
         """)
 
     @Argument(help: "The base checkpoint: model directory or .safetensors file.")
@@ -37,6 +44,10 @@ struct ILADiffCommand: ParsableCommand {
     @Option(help: "Only layers whose name matches this regular expression (search semantics).")
     var include: String?
 
+    @Option(help: ArgumentHelp("Deflate level, 0 (no compression) to 9 (default: \(DeltaStoreWriter.defaultCompression)).",
+                               valueName: "level"))
+    var compression: String?
+
     @Flag(help: "Print the layer table as JSON.")
     var json = false
 
@@ -53,13 +64,23 @@ struct ILADiffCommand: ParsableCommand {
         try runReportingErrors(diff)
     }
 
+    /// The --compression level; out of range or not an integer is one error line and exit 1.
+    func compressionLevel() throws -> Int {
+        guard let text = compression else { return DeltaStoreWriter.defaultCompression }
+        guard let level = Int(text.trimmingCharacters(in: .whitespaces)), (0...9).contains(level) else {
+            throw ILAError("--compression must be a deflate level from 0 (none) to 9, not \"\(text)\"")
+        }
+        return level
+    }
+
     func diff() throws {
+        let level = try compressionLevel()
         let baseCkpt = try ModelCheckpoint(path: base)
         let alignedCkpt = try AlignedCheckpoint.open(aligned)
         let computer = try DeltaComputer(base: baseCkpt, aligned: alignedCkpt,
                                          options: DiffOptions(rank: rank, include: include))
         let info = DeltaFileInfo(kind: alignedCkpt.kind, base: base, aligned: aligned, tool: "ila-diff \(ilaVersion)")
-        let writer = try DeltaStoreWriter(path: output, info: info, storeF16: dtype == .f16)
+        let writer = try DeltaStoreWriter(path: output, info: info, storeF16: dtype == .f16, compression: level)
         var summaries: [LayerSummary] = []
         let progress = ProgressBar(total: computer.layers.count, label: "diff")
         do {

@@ -84,6 +84,13 @@ public final class ModelCheckpoint: @unchecked Sendable {
         return try files[i].floats(name)
     }
 
+    /// Runs `body` on a tensor's header entry and its bytes as mapped from the file (valid only
+    /// inside `body`), then drops those pages from the resident set.
+    public func withTensorBytes<T>(_ name: String, _ body: (TensorInfo, UnsafeRawBufferPointer) throws -> T) throws -> T {
+        guard let i = location[name], let t = files[i].info(name) else { throw ILAError(file: path, "no tensor named \(name)") }
+        return try files[i].withBytes(t) { try body(t, $0) }
+    }
+
     /// A BF16/F16 tensor's 16-bit values as stored (nil for other dtypes).
     public func halfBits(_ name: String) throws -> [UInt16]? {
         guard let i = location[name], let t = files[i].info(name) else { throw ILAError(file: path, "no tensor named \(name)") }

@@ -1,4 +1,5 @@
 import CHDF5
+import CLibDeflate
 import Foundation
 
 // A small, typed wrapper over libhdf5 (1.10) for the files ila writes and reads: groups,
@@ -619,12 +620,13 @@ public final class HDF5Group: HDF5Object {
         }
     }
 
-    /// Writes a float dataset of `shape` (row-major `values`, count = product of shape), chunked
-    /// in ~1 MiB row blocks with shuffle + deflate level 4 when `compress`. Empty datasets are
-    /// stored contiguously (HDF5 chunks cannot be empty).
+    /// Writes a float dataset of `shape` (row-major `values`, count = product of shape). With
+    /// `compression` 1…9 it is chunked in ~1 MiB blocks (`hdf5ChunkShape`) with shuffle + deflate
+    /// at that level (HDF5's own filters, zlib); with 0 it is stored contiguously without filters.
+    /// Empty datasets are stored contiguously (HDF5 chunks cannot be empty).
     @discardableResult
     public func createDataset(_ name: String, values: [Float], shape: [Int], storage: HDF5FloatStorage = .float32,
-                              compress: Bool = true) throws -> HDF5Dataset {
+                              compression: Int = 4) throws -> HDF5Dataset {
         try HDF5Library.locked {
             try checkName(name, "dataset")
             guard !shape.isEmpty, shape.allSatisfy({ $0 >= 0 }) else {
@@ -650,10 +652,13 @@ public final class HDF5Group: HDF5Object {
 
             let dcpl = H5Pcreate(ila_H5P_DATASET_CREATE())
             defer { _ = H5Pclose(dcpl) }
-            if compress && count > 0 {
-                var chunk = chunkShape(shape, elementSize: elementSize).map { hsize_t($0) }
+            guard (0...9).contains(compression) else {
+                throw error("dataset '\(name)': deflate level \(compression) is not within 0…9", library: false)
+            }
+            if compression > 0 && count > 0 {
+                var chunk = hdf5ChunkShape(shape, elementSize: elementSize).map { hsize_t($0) }
                 guard H5Pset_chunk(dcpl, Int32(chunk.count), &chunk) >= 0, H5Pset_shuffle(dcpl) >= 0,
-                      H5Pset_deflate(dcpl, 4) >= 0 else { throw error("cannot set up compression for '\(name)'") }
+                      H5Pset_deflate(dcpl, UInt32(compression)) >= 0 else { throw error("cannot set up compression for '\(name)'") }
             }
             let did = H5Dcreate2(id, name, fileType, space, ila_H5P_DEFAULT(), dcpl, ila_H5P_DEFAULT())
             guard did >= 0 else { throw error("cannot create dataset '\(name)'") }
@@ -675,10 +680,11 @@ public final class HDF5Group: HDF5Object {
         }
     }
 
-    /// Creates a float dataset exactly as `createDataset(_:values:shape:storage:compress: true)`
-    /// would (same chunk shape, shuffle + deflate level 4) but stores chunks that
-    /// `FilteredChunks.make` already shuffled and deflated, with `H5Dwrite_chunk` (filter mask 0):
-    /// the costly compression then runs on any thread, outside the HDF5 lock.
+    /// Creates a float dataset exactly as `createDataset(_:values:shape:storage:compression:)`
+    /// would at `filtered.level` (same chunk shape, shuffle + deflate declared in the creation
+    /// properties) but stores chunks that `FilteredChunks.make` already shuffled and deflated, with
+    /// `H5Dwrite_chunk` (filter mask 0): the costly compression then runs on any thread, outside
+    /// the HDF5 lock, and with libdeflate rather than zlib.
     @discardableResult
     public func createDataset(_ name: String, filtered: FilteredChunks) throws -> HDF5Dataset {
         try HDF5Library.locked {
@@ -695,7 +701,7 @@ public final class HDF5Group: HDF5Object {
             defer { _ = H5Pclose(dcpl) }
             var chunk = filtered.chunk.map { hsize_t($0) }
             guard H5Pset_chunk(dcpl, Int32(chunk.count), &chunk) >= 0, H5Pset_shuffle(dcpl) >= 0,
-                  H5Pset_deflate(dcpl, UInt32(FilteredChunks.level)) >= 0 else {
+                  H5Pset_deflate(dcpl, UInt32(filtered.level)) >= 0 else {
                 throw error("cannot set up compression for '\(name)'")
             }
             let did = H5Dcreate2(id, name, fileType, space, ila_H5P_DEFAULT(), dcpl, ila_H5P_DEFAULT())
@@ -710,20 +716,6 @@ public final class HDF5Group: HDF5Object {
             }
             return dataset
         }
-    }
-
-    /// Chunk dims of about 1 MiB: whole trailing dimensions where they fit, then as many leading
-    /// rows as fill the budget (each at least 1, never more than the dimension).
-    private func chunkShape(_ shape: [Int], elementSize: Int) -> [Int] {
-        var budget = max(1, (1 << 20) / elementSize)
-        var chunk = [Int](repeating: 1, count: shape.count)
-        for axis in stride(from: shape.count - 1, through: 0, by: -1) {
-            let take = max(1, min(shape[axis], budget))
-            chunk[axis] = take
-            budget = max(1, budget / take)
-            if take < shape[axis] { break }
-        }
-        return chunk
     }
 }
 
@@ -755,6 +747,33 @@ public final class HDF5Dataset: HDF5Object {
             guard type >= 0 else { throw error("cannot read datatype") }
             defer { _ = H5Tclose(type) }
             return HDF5Library.describe(type)
+        }
+    }
+
+    /// How the dataset is stored: its chunk dims (nil when contiguous or compact) and its
+    /// filter pipeline, e.g. `["shuffle", "deflate 1"]` (other filters by their HDF5 id).
+    public func storage() throws -> (chunk: [Int]?, filters: [String]) {
+        try HDF5Library.locked {
+            let dcpl = H5Dget_create_plist(id)
+            guard dcpl >= 0 else { throw error("cannot read the dataset's storage properties") }
+            defer { _ = H5Pclose(dcpl) }
+            guard H5Pget_layout(dcpl) == H5D_CHUNKED else { return (nil, []) }
+            var dims = [hsize_t](repeating: 0, count: 32)
+            let rank = H5Pget_chunk(dcpl, Int32(dims.count), &dims)
+            guard rank > 0 else { throw error("cannot read the chunk dimensions") }
+            var filters: [String] = []
+            for i in 0..<max(0, H5Pget_nfilters(dcpl)) {
+                var flags: UInt32 = 0, count = 8
+                var cd = [UInt32](repeating: 0, count: 8)
+                var config: UInt32 = 0
+                let f = H5Pget_filter2(dcpl, UInt32(i), &flags, &count, &cd, 0, nil, &config)
+                switch f {
+                case H5Z_FILTER_DEFLATE: filters.append("deflate \(count > 0 ? Int(cd[0]) : -1)")
+                case H5Z_FILTER_SHUFFLE: filters.append("shuffle")
+                default: filters.append("filter \(f)")
+                }
+            }
+            return (dims.prefix(Int(rank)).map { Int($0) }, filters)
         }
     }
 
@@ -812,60 +831,91 @@ public final class HDF5Dataset: HDF5Object {
     }
 }
 
+// MARK: - Chunks filtered outside the HDF5 library
 
-/// A 2-D float dataset's chunks, shuffled and deflated exactly as HDF5's shuffle + deflate(4)
-/// filters would store them: chunks of whole rows, ~1 MiB (the shape `chunkShape` picks), the last
-/// one zero-padded to full size. Pure Swift + zlib, so it may be built on any thread.
+/// Chunk dims of about 1 MiB of `elementSize`-byte elements: whole trailing dimensions where they
+/// fit, then as many of the next dimension as fill the budget (each at least 1, never more than
+/// the dimension). Used by every chunked float dataset, filtered here or by HDF5.
+public func hdf5ChunkShape(_ shape: [Int], elementSize: Int) -> [Int] {
+    var budget = max(1, (1 << 20) / elementSize)
+    var chunk = [Int](repeating: 1, count: shape.count)
+    for axis in stride(from: shape.count - 1, through: 0, by: -1) {
+        let take = max(1, min(shape[axis], budget))
+        chunk[axis] = take
+        budget = max(1, budget / take)
+        if take < shape[axis] { break }
+    }
+    return chunk
+}
+
+/// A 2-D float dataset's chunks, stored exactly as HDF5's shuffle + deflate filters would store
+/// them and decodable by any HDF5 reader (h5py included): the chunk grid of `hdf5ChunkShape`,
+/// edge chunks zero-padded to full size (HDF5 ignores what lies outside the extent), each chunk
+/// byte-shuffled (H5Zshuffle's layout) and compressed to the zlib format that the deflate filter
+/// inflates. Compression is libdeflate's at the same level, much faster than zlib and a little
+/// smaller. Pure computation, so it may run on any thread.
 public struct FilteredChunks: @unchecked Sendable {
-    public static let level: Int32 = 4
     public let shape: [Int]
     public let chunk: [Int]
     public let storage: HDF5FloatStorage
+    /// The deflate level, 1…9, declared in the dataset's filter pipeline.
+    public let level: Int
     public let chunks: [(offset: [hsize_t], bytes: [UInt8])]
 
-    /// nil when the dataset is not 2-D with rows of at most 1 MiB (write it the ordinary way).
-    public static func make(_ values: [Float], shape: [Int], storage: HDF5FloatStorage) -> FilteredChunks? {
-        guard shape.count == 2, shape[0] > 0, shape[1] > 0, values.count == shape[0] * shape[1] else { return nil }
-        let es = storage == .float16 ? 2 : 4
+    /// nil when the dataset is not 2-D and non-empty, the level is outside 1…9, or libdeflate
+    /// fails (write it through HDF5's own filters instead).
+    public static func make(_ values: [Float], shape: [Int], storage: HDF5FloatStorage, level: Int) -> FilteredChunks? {
+        guard shape.count == 2, shape[0] > 0, shape[1] > 0, (1...9).contains(level) else { return nil }
         let (rows, cols) = (shape[0], shape[1])
-        let budget = max(1, (1 << 20) / es)
-        guard cols <= budget else { return nil }
-        let chunkRows = max(1, min(rows, budget / cols))
-        let n = chunkRows * cols
-        var raw = [UInt8](repeating: 0, count: n * es)
-        var shuffled = [UInt8](repeating: 0, count: n * es)
+        let (count, overflow) = rows.multipliedReportingOverflow(by: cols)
+        guard !overflow, values.count == count else { return nil }
+        let es = storage == .float16 ? 2 : 4
+        let chunk = hdf5ChunkShape(shape, elementSize: es)
+        let (cr, cc) = (chunk[0], chunk[1])
+        let n = cr * cc
+        let chunkBytes = n * es
+        guard let compressor = libdeflate_alloc_compressor(Int32(level)) else { return nil }
+        defer { libdeflate_free_compressor(compressor) }
+        let bound = libdeflate_zlib_compress_bound(compressor, chunkBytes)
+        let gathered = UnsafeMutableRawPointer.allocate(byteCount: chunkBytes, alignment: 64)
+        let shuffled = UnsafeMutablePointer<UInt8>.allocate(capacity: chunkBytes)
+        let out = UnsafeMutablePointer<UInt8>.allocate(capacity: bound)
+        defer { gathered.deallocate(); shuffled.deallocate(); out.deallocate() }
+
         var chunks: [(offset: [hsize_t], bytes: [UInt8])] = []
-        var r0 = 0
-        while r0 < rows {
-            let r1 = min(rows, r0 + chunkRows)
-            let count = (r1 - r0) * cols
-            values.withUnsafeBufferPointer { vp in
-                raw.withUnsafeMutableBytes { rp in
-                    if storage == .float16 {
-                        let h = rp.bindMemory(to: UInt16.self)
-                        for i in 0..<count { h[i] = Float16(vp[r0 * cols + i]).bitPattern.littleEndian }
+        chunks.reserveCapacity(((rows + cr - 1) / cr) * ((cols + cc - 1) / cc))
+        let ok: Bool = values.withUnsafeBufferPointer { vp in
+            let v = vp.baseAddress!
+            for r0 in stride(from: 0, to: rows, by: cr) {
+                for c0 in stride(from: 0, to: cols, by: cc) {
+                    let nr = min(cr, rows - r0), nc = min(cc, cols - c0)
+                    let source: UnsafeRawPointer
+                    if storage == .float32 && nr == cr && nc == cols {
+                        // A full chunk of whole rows is contiguous in `values`: shuffle it in place.
+                        source = UnsafeRawPointer(v + r0 * cols)
                     } else {
-                        memcpy(rp.baseAddress!, vp.baseAddress! + r0 * cols, count * 4)
+                        if nr < cr || nc < cc { memset(gathered, 0, chunkBytes) }
+                        for r in 0..<nr {
+                            let src = v + (r0 + r) * cols + c0
+                            let dst = gathered + r * cc * es
+                            if storage == .float16 {
+                                let h = dst.assumingMemoryBound(to: UInt16.self)
+                                for i in 0..<nc { h[i] = Float16(src[i]).bitPattern.littleEndian }
+                            } else {
+                                memcpy(dst, src, nc * 4)
+                            }
+                        }
+                        source = UnsafeRawPointer(gathered)
                     }
-                    if count < n { memset(rp.baseAddress! + count * es, 0, (n - count) * es) }
+                    ila_shuffle(source.assumingMemoryBound(to: UInt8.self), shuffled, n, es)
+                    let size = libdeflate_zlib_compress(compressor, shuffled, chunkBytes, out, bound)
+                    guard size > 0 else { return false }
+                    chunks.append((offset: [hsize_t(r0), hsize_t(c0)], bytes: Array(UnsafeBufferPointer(start: out, count: size))))
                 }
             }
-            // HDF5's shuffle filter: byte j of element i goes to j·n + i.
-            raw.withUnsafeBufferPointer { src in
-                shuffled.withUnsafeMutableBufferPointer { dst in
-                    for j in 0..<es { for i in 0..<n { dst[j * n + i] = src[i * es + j] } }
-                }
-            }
-            var size = compressBound(uLong(n * es))
-            var out = [UInt8](repeating: 0, count: Int(size))
-            let rc = out.withUnsafeMutableBufferPointer { d in
-                shuffled.withUnsafeBufferPointer { s in compress2(d.baseAddress, &size, s.baseAddress, uLong(n * es), level) }
-            }
-            guard rc == Z_OK else { return nil }
-            out.removeLast(out.count - Int(size))
-            chunks.append((offset: [hsize_t(r0), 0], bytes: out))
-            r0 = r1
+            return true
         }
-        return FilteredChunks(shape: shape, chunk: [chunkRows, cols], storage: storage, chunks: chunks)
+        guard ok else { return nil }
+        return FilteredChunks(shape: shape, chunk: chunk, storage: storage, level: level, chunks: chunks)
     }
 }
