@@ -31,8 +31,10 @@ let package = Package(
                        providers: [.apt(["libhdf5-dev"])]),
         .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
-        // BLAS and LAPACK calls (GEMM for the engine, SVD and Gram matrices for the deltas).
-        .target(name: "ILABLAS", dependencies: ["COpenBLAS"], path: "Sources/BLAS", swiftSettings: optimized),
+        // oneDNN's GEMMs behind a small C face (its descriptors are large structs).
+        .target(name: "CDNNL", path: "Sources/CDNNL", linkerSettings: [.linkedLibrary("dnnl"), .linkedLibrary("dl")]),
+        // BLAS, LAPACK and oneDNN calls (GEMM for the engine, SVD and Gram matrices for the deltas).
+        .target(name: "ILABLAS", dependencies: ["COpenBLAS", "CDNNL"], path: "Sources/BLAS", swiftSettings: optimized),
 
         // checkpoint readers, deltas, the HDF5 delta store, shared CLI support (parsers of user files:
         // bounds and overflow checks stay on)

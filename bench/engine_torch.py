@@ -30,7 +30,7 @@ ap.add_argument("--data", required=True)
 ap.add_argument("--rows", type=int, default=16)
 ap.add_argument("--seq-len", type=int, default=256)
 ap.add_argument("--repeats", type=int, default=5)
-ap.add_argument("--search-repeats", type=int, default=1,
+ap.add_argument("--search-repeats", type=int, default=2,
                 help="timed runs per candidate configuration; the chosen ones are then timed --repeats times")
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--form", choices=["auto", "factor", "dense"], default="auto")

@@ -42,78 +42,6 @@ func rmsnormBackward(_ dx: FPtr, _ dout: CPtr, _ x: CPtr, _ rstd: CPtr, _ w: CPt
     for i in 0..<n { g[i] += r * (d[i] * w[i] - x[i] * r * m) }
 }
 
-// MARK: Parallel GEMM
-
-/// C = alpha·op(A)·op(B) + beta·C with the rows of C split across the engine's threads, each
-/// chunk one single-threaded OpenBLAS call (the engine runs OpenBLAS with one thread, so BLAS
-/// threads never spin against the engine's own).
-func pgemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1,
-           _ a: CPtr, lda: Int? = nil, _ b: CPtr, ldb: Int? = nil, beta: Float = 0, _ c: FPtr, ldc: Int? = nil) {
-    let lda = lda ?? (transA ? m : k), ldc = ldc ?? n
-    // Below ~1 MFLOP per chunk the split costs more than it saves.
-    let minRows = max(1, 1_000_000 / max(1, 2 * n * k))
-    parallelFor(m, minChunk: minRows) { rows in
-        let aOff = transA ? rows.lowerBound : rows.lowerBound * lda
-        BLAS.gemm(transA: transA, transB: transB, m: rows.count, n: n, k: k, alpha: alpha, a + aOff, lda: lda,
-                  b, ldb: ldb, beta: beta, c + rows.lowerBound * ldc, ldc: ldc)
-    }
-}
-
-// MARK: Weights in the checkpoint's dtype, widened tile by tile
-
-/// The matrix a linear op multiplies by: W (float32, bf16 or f16) plus γ·Δ when a full delta
-/// is masked in. Never materialised as a whole: tiles of rows are widened as GEMMs use them.
-struct EffectiveWeight {
-    let w: WeightMatrix
-    /// Δ [rows, cols] float32, or nil.
-    let delta: CPtr?
-    let gamma: Float
-}
-
-/// Calls `body(rows, tile)` over row tiles of W + γΔ, each widened into `scratch` (as many rows as
-/// fit); a float32 W without delta is passed whole, in place.
-func forEachTile(_ e: EffectiveWeight, scratch: FloatBuffer, _ body: (Range<Int>, CPtr) -> Void) {
-    if let p = e.w.float32, e.delta == nil { body(0..<e.w.rows, p); return }
-    let rows = e.w.rows, cols = e.w.cols
-    let tileRows = max(1, min(rows, scratch.count / max(cols, 1)))
-    var r0 = 0
-    while r0 < rows {
-        let r1 = min(rows, r0 + tileRows)
-        parallelFor(r1 - r0, minChunk: max(1, 65536 / max(cols, 1))) { rr in
-            let dst = scratch.p + rr.lowerBound * cols
-            e.w.widen(rows: (r0 + rr.lowerBound)..<(r0 + rr.upperBound), into: dst)
-            if let d = e.delta {
-                let g = e.gamma, src = d + (r0 + rr.lowerBound) * cols
-                for i in 0..<(rr.count * cols) { dst[i] = dst[i] + g * src[i] }
-            }
-        }
-        body(r0..<r1, UnsafePointer(scratch.p))
-        r0 = r1
-    }
-}
-
-/// out [T, O] (row stride ldOut) = x [T, I] · Wᵀ (+ bias [O]); with `accumulate` adds to out.
-func linearForward(_ out: FPtr, ldOut: Int, _ x: CPtr, _ w: EffectiveWeight, _ bias: CPtr?, T: Int,
-                   accumulate: Bool = false, scratch: FloatBuffer) {
-    let I = w.w.cols, O = w.w.rows
-    forEachTile(w, scratch: scratch) { r, tile in
-        pgemm(transB: true, m: T, n: r.count, k: I, x, tile, beta: accumulate ? 1 : 0, out + r.lowerBound, ldc: ldOut)
-    }
-    if let bias {
-        parallelFor(T, minChunk: 256) { range in
-            for t in range { let o = out + t * ldOut; for j in 0..<O { o[j] += bias[j] } }
-        }
-    }
-}
-
-/// dx [T, I] += dout [T, O] (row stride ldOut) · W [O, I].
-func linearBackwardInput(_ dx: FPtr, _ dout: CPtr, ldOut: Int, _ w: EffectiveWeight, T: Int, scratch: FloatBuffer) {
-    let I = w.w.cols
-    forEachTile(w, scratch: scratch) { r, tile in
-        pgemm(m: T, n: I, k: r.count, dout + r.lowerBound, lda: ldOut, tile, beta: 1, dx)
-    }
-}
-
 // MARK: Rotary embedding (rotate-half: pairs i and i + rotaryDim/2 of each head's first rotaryDim features)
 
 /// Rotates x in place: x [L, stride] holding `heads` heads of size `rope.headDim` from column 0,
@@ -162,7 +90,7 @@ struct AttentionRow {
 /// soft-cap, `capped` [L, L] receives tanh(s / cap) for the backward pass.
 func attentionProbs(_ P: FPtr, _ capped: FPtr?, _ q: CPtr, _ k: CPtr, _ a: AttentionRow) {
     let L = a.L
-    BLAS.gemm(transB: true, m: L, n: L, k: a.headDim, alpha: a.scale, q, lda: a.qStride, k, ldb: a.kStride, P)
+    serialGEMM(transB: true, m: L, n: L, k: a.headDim, alpha: a.scale, q, lda: a.qStride, k, ldb: a.kStride, P)
     for i in 0..<L {
         let row = P + i * L, j0 = a.firstKey(i)
         if let cap = a.softcap {
@@ -183,7 +111,7 @@ func attentionProbs(_ P: FPtr, _ capped: FPtr?, _ q: CPtr, _ k: CPtr, _ a: Atten
 /// out_h [L, headDim] (stride outStride) = P · V_g.
 func attentionForward(_ out: FPtr, _ P: FPtr, _ capped: FPtr?, _ q: CPtr, _ k: CPtr, _ v: CPtr, _ a: AttentionRow) {
     attentionProbs(P, capped, q, k, a)
-    BLAS.gemm(m: a.L, n: a.headDim, k: a.L, P, v, ldb: a.vStride, out, ldc: a.outStride)
+    serialGEMM(m: a.L, n: a.headDim, k: a.L, P, v, ldb: a.vStride, out, ldc: a.outStride)
 }
 
 /// Given dOut_h, recomputes P and writes dQ_h (overwrites), adds dK_g and dV_g.
@@ -193,8 +121,8 @@ func attentionBackward(_ dq: FPtr, _ dk: FPtr, _ dv: FPtr, _ dout: CPtr, _ q: CP
     let L = a.L
     attentionProbs(P, capped, q, k, a)
     // dV += Pᵀ · dOut ; dP = dOut · Vᵀ
-    BLAS.gemm(transA: true, m: L, n: a.headDim, k: L, P, lda: L, dout, ldb: a.outStride, beta: 1, dv, ldc: dvStride)
-    BLAS.gemm(transB: true, m: L, n: L, k: a.headDim, dout, lda: a.outStride, v, ldb: a.vStride, dP)
+    serialGEMM(transA: true, m: L, n: a.headDim, k: L, P, lda: L, dout, ldb: a.outStride, beta: 1, dv, ldc: dvStride)
+    serialGEMM(transB: true, m: L, n: L, k: a.headDim, dout, lda: a.outStride, v, ldb: a.vStride, dP)
     // dS = P ∘ (dP − rowsum(dP ∘ P)), through the soft-cap (1 − tanh²), then the scale.
     for i in 0..<L {
         let p = P + i * L, d = dP + i * L, j0 = a.firstKey(i)
@@ -210,8 +138,8 @@ func attentionBackward(_ dq: FPtr, _ dk: FPtr, _ dv: FPtr, _ dout: CPtr, _ q: CP
         for j in (i + 1)..<max(i + 1, L) { d[j] = 0 }
     }
     // dQ = dS · K ; dK += dSᵀ · Q
-    BLAS.gemm(m: L, n: a.headDim, k: L, dP, k, ldb: a.kStride, dq, ldc: dqStride)
-    BLAS.gemm(transA: true, m: L, n: a.headDim, k: L, dP, lda: L, q, ldb: a.qStride, beta: 1, dk, ldc: dkStride)
+    serialGEMM(m: L, n: a.headDim, k: L, dP, k, ldb: a.kStride, dq, ldc: dqStride)
+    serialGEMM(transA: true, m: L, n: a.headDim, k: L, dP, lda: L, q, ldb: a.qStride, beta: 1, dk, ldc: dkStride)
 }
 
 // MARK: Gated MLP  h = act(gate) · up, gate and up packed as [T, 2I] = [gate | up]
@@ -273,10 +201,10 @@ func addInPlace(_ a: FPtr, _ b: CPtr, _ n: Int) {
 /// (soft-capped when `softcap` is set), returns Σ NLL, and (when `dx` is given) writes
 /// dx [n, H] = scale · d(NLL)/dx.
 func crossEntropyForwardBackward(_ x: CPtr, targets: [Int32], lmHead: WeightMatrix, softcap: Float?,
-                                 logits: FPtr, nll: FPtr?, dx: FPtr?, scale: Float, scratch: FloatBuffer) -> Double {
+                                 logits: FPtr, nll: FPtr?, dx: FPtr?, scale: Float, gemm: GEMMSeam) -> Double {
     let n = targets.count, V = lmHead.rows, H = lmHead.cols
     let head = EffectiveWeight(w: lmHead, delta: nil, gamma: 0)
-    linearForward(logits, ldOut: V, x, head, nil, T: n, scratch: scratch)
+    gemm.linearForward(logits, ldOut: V, x, head, nil, T: n)
     // Per-position losses land in `losses` and are summed in order, so the total does not
     // depend on how positions were split across threads.
     var losses = [Double](repeating: 0, count: n)
@@ -312,7 +240,7 @@ func crossEntropyForwardBackward(_ x: CPtr, targets: [Int32], lmHead: WeightMatr
     let total = losses.reduce(0, +)
     if let dx {
         dx.update(repeating: 0, count: n * H)
-        linearBackwardInput(dx, logits, ldOut: V, head, T: n, scratch: scratch)
+        gemm.linearBackwardInput(dx, logits, ldOut: V, head, T: n)
     }
     return total
 }

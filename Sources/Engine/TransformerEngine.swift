@@ -5,14 +5,17 @@ import ILAModel
 
 /// A layer's update as the engine applies it: W = W0 + γ·Δ.
 enum MaskedUpdate {
-    /// Δ row-major [out, in]; W0 + γΔ is formed tile by tile as the GEMMs use it.
-    case full(delta: FloatBuffer)
+    /// Δ row-major [out, in] (float32, or float16 as ila-diff --dtype f16 stored it); W0 + γΔ is
+    /// formed tile by tile as the GEMMs use it.
+    case full(delta: WeightMatrix)
     /// Δ = scale · B·A, A [r, in], B [out, r]; never materialised.
     case lora(a: FloatBuffer, b: FloatBuffer, rank: Int, scale: Float)
 }
 
 /// Activations of one micro-batch, sized up front for `capacity` tokens (llm.c style). With
-/// `keepForBackward` every block keeps its own; otherwise one set is reused by all blocks.
+/// `keepForBackward` every block keeps its own; otherwise one set is reused by all blocks. With
+/// `recompute` (activation checkpointing) only each block's input is kept, and the backward pass
+/// recomputes one block's activations at a time into the single set.
 final class Activations {
     let capacity: Int
     /// Per block: the residual stream entering it [T, H].
@@ -40,15 +43,21 @@ final class Activations {
     var loraU: [Int: FloatBuffer]
     /// Sandwich-normed projection scratch [T, H].
     let normed: FloatBuffer
+    /// Bytes allocated.
+    var bytes: Int {
+        let lists = [xIn, rstd1, xn1, qkv, qk, qkRstd, att, attnProj, rstdAttnProj, mlpProj, rstdMlpProj, xMid, rstd2, xn2, gateUp, h]
+        return 4 * (lists.joined().map(\.count).reduce(0, +) + loraU.values.map(\.count).reduce(0, +)
+                    + normed.count + xOut.count + rstdF.count + xnF.count)
+    }
     /// Final residual [T, H], its rstd [T] and normalised output [T, H].
     let xOut: FloatBuffer, rstdF: FloatBuffer, xnF: FloatBuffer
 
-    init(spec c: TransformerSpec, capacity T: Int, loraRanks: [Int: Int], keepForBackward: Bool) {
+    init(spec c: TransformerSpec, capacity T: Int, loraRanks: [Int: Int], keepForBackward: Bool, recompute: Bool = false) {
         capacity = T
-        let B = keepForBackward ? c.blocks : 1
-        func make(_ n: Int, _ on: Bool = true) -> [FloatBuffer] { on ? (0..<B).map { _ in FloatBuffer(T * n) } : [] }
+        let B = keepForBackward && !recompute ? c.blocks : 1
+        func make(_ n: Int, _ on: Bool = true, count: Int = B) -> [FloatBuffer] { on ? (0..<count).map { _ in FloatBuffer(T * n) } : [] }
         let I = c.intermediateSize, H = c.hiddenSize
-        xIn = make(H); rstd1 = make(1); xn1 = make(H)
+        xIn = make(H, count: keepForBackward ? c.blocks : 1); rstd1 = make(1); xn1 = make(H)
         qkv = make(c.qkvDim); qk = make(c.qDim + c.kvDim); qkRstd = make(c.heads + c.kvHeads, c.qkNorm)
         att = make(c.qDim)
         attnProj = make(H, c.sandwichNorms); rstdAttnProj = make(1, c.sandwichNorms)
@@ -63,15 +72,22 @@ final class Activations {
 
     /// Bytes per token of the activations (every block's with `keepForBackward`, else one
     /// block's) plus, for the backward pass, the gradient scratch.
-    static func bytesPerToken(_ c: TransformerSpec, keepForBackward: Bool = true) -> Int {
+    static func bytesPerToken(_ c: TransformerSpec, keepForBackward: Bool = true, recompute: Bool = false) -> Int {
         let H = c.hiddenSize, I = c.intermediateSize
-        var perBlock = 4 * H + 2 + c.qkvDim + c.qDim + c.kvDim + c.qDim + 3 * I
+        // Per block, besides its input xIn [T, H].
+        var perBlock = 3 * H + 2 + c.qkvDim + c.qDim + c.kvDim + c.qDim + 3 * I
         if c.qkNorm { perBlock += c.heads + c.kvHeads }
         if c.sandwichNorms { perBlock += 2 * H + 2 }
-        var floats = perBlock * (keepForBackward ? c.blocks : 1) + 4 * H + (c.sandwichNorms ? H : 0)
+        let kept = keepForBackward && !recompute ? c.blocks : 1
+        var floats = perBlock * kept + H * (keepForBackward ? c.blocks : 1) + 4 * H + (c.sandwichNorms ? H : 0)
         if keepForBackward { floats += 4 * H + c.qkvDim + c.qDim + c.kvDim + c.qDim + 3 * I }
         return 4 * floats
     }
+}
+
+/// Reading a layer from the deltas file failed (as opposed to the deltas not fitting the model).
+public struct DeltaLoadError: Error {
+    public let underlying: Error
 }
 
 /// The result of running the model on some rows.
@@ -109,16 +125,35 @@ public final class TransformerEngine: @unchecked Sendable {
     /// Per block: tables for the rope types whose tables do not depend on the row.
     private let fixedRope: [RopeTables?]
     public let maxSequenceLength: Int
-    /// Where bf16/f16 weights (and W0 + γΔ) are widened tile by tile for the GEMMs.
-    private let tileScratch: FloatBuffer
+    /// Every GEMM goes through here; it holds the scratch bf16/f16 weights (and W0 + γΔ) are
+    /// widened into, tile by tile.
+    private let gemm: GEMMSeam
+    /// The GEMM backend and precision.
+    public var gemmOptions: GEMMOptions { gemm.options }
     /// Upper bound of tokens per micro-batch (a row longer than this still runs, alone).
     public var tokenBudget: Int
     /// The most tokens one micro-batch has held so far (what the activations were sized for).
     public private(set) var largestMicroBatch = 0
+    /// Bytes the masked updates are held in (dense Δ at its stored precision, LoRA factors float32).
+    public var deltaBytes: Int {
+        updates.map { u in
+            switch u {
+            case .full(let d): return d.bytes
+            case .lora(let a, let b, _, _): return 4 * (a.count + b.count)
+            }
+        }.reduce(0, +)
+    }
+    /// Bytes of the largest activation set allocated so far.
+    public private(set) var activationBytesAllocated = 0
 
-    /// Bytes of activations kept per token for the backward pass, over all blocks.
-    public static func activationBytesPerToken(_ c: TransformerSpec, gradient: Bool = true) -> Int {
-        Activations.bytesPerToken(c, keepForBackward: gradient)
+    /// Activation checkpointing: the backward pass keeps only each block's input and recomputes
+    /// the block's activations (one more forward, a block's activations instead of all of them).
+    public var recompute = false
+
+    /// Bytes of activations kept per token for the backward pass, over all blocks (with
+    /// `recompute`, every block's input and one block's activations).
+    public static func activationBytesPerToken(_ c: TransformerSpec, gradient: Bool = true, recompute: Bool = false) -> Int {
+        Activations.bytesPerToken(c, keepForBackward: gradient, recompute: recompute)
     }
 
     /// Bytes of the logits chunk and its row copies (512 loss positions at a time).
@@ -132,8 +167,30 @@ public final class TransformerEngine: @unchecked Sendable {
     ///     bytes (at most 4096), so a large model runs a row at a time.
     ///   - tileFloats: floats of the scratch that bf16/f16 weights and W0 + γΔ are widened into,
     ///     a tile of rows at a time (default 4 M; at least one row of the widest matrix).
-    public init(weights: ModelWeights, deltas: [LayerDelta], maxSequenceLength: Int = 4096, tokenBudget: Int? = nil,
-                activationMemory: Int = 2 << 30, tileFloats: Int = 1 << 22) throws {
+    ///   - gemm: the GEMM backend and the precision of the large GEMMs' inputs.
+    public convenience init(weights: ModelWeights, deltas: [LayerDelta], maxSequenceLength: Int = 4096, tokenBudget: Int? = nil,
+                            activationMemory: Int = 2 << 30, tileFloats: Int = 1 << 22, gemm: GEMMOptions = GEMMOptions()) throws {
+        try self.init(weights: weights, layers: deltas.map(\.layer), load: { i, _ in (deltas[i], false) },
+                      maxSequenceLength: maxSequenceLength, tokenBudget: tokenBudget, activationMemory: activationMemory,
+                      tileFloats: tileFloats, gemm: gemm)
+    }
+
+    /// The engine with the deltas of a store (in its canonical order), loaded one layer at a time
+    /// so that only one layer's decoded copy exists besides what the engine holds; dense float16
+    /// deltas stay float16.
+    public convenience init(weights: ModelWeights, store: DeltaStore, maxSequenceLength: Int = 4096, tokenBudget: Int? = nil,
+                            activationMemory: Int = 2 << 30, tileFloats: Int = 1 << 22, gemm: GEMMOptions = GEMMOptions()) throws {
+        try self.init(weights: weights, layers: store.layers, load: { _, layer in
+            do { return (try store.delta(layer), store.layerInfo(layer)?.dtype == "float16") }
+            catch { throw DeltaLoadError(underlying: error) }
+        }, maxSequenceLength: maxSequenceLength, tokenBudget: tokenBudget, activationMemory: activationMemory,
+                      tileFloats: tileFloats, gemm: gemm)
+    }
+
+    /// `load(i, layer)` gives layer i's delta and whether its dense Δ is to be held as float16
+    /// (its values are float16 already, so narrowing them back is exact).
+    init(weights: ModelWeights, layers: [LinearLayer], load: (Int, LinearLayer) throws -> (LayerDelta, Bool),
+         maxSequenceLength: Int, tokenBudget: Int?, activationMemory: Int, tileFloats: Int, gemm: GEMMOptions) throws {
         spec = weights.spec
         self.weights = weights
         // The engine splits work across cores itself; OpenBLAS threads would spin against it.
@@ -142,7 +199,8 @@ public final class TransformerEngine: @unchecked Sendable {
         self.maxSequenceLength = maxSequenceLength
         var slot = [[LayerKind: Int]](repeating: [:], count: spec.blocks)
         var updates: [MaskedUpdate] = []
-        for (i, d) in deltas.enumerated() {
+        for (i, layer) in layers.enumerated() {
+            let (d, half) = try load(i, layer)
             let l = d.layer
             guard l.block < spec.blocks else {
                 throw ILAError("delta \(l.name): block \(l.block) but the model has \(spec.blocks) blocks")
@@ -158,7 +216,9 @@ public final class TransformerEngine: @unchecked Sendable {
             slot[l.block][l.kind] = i
             switch d.payload {
             case .full(let delta):
-                updates.append(.full(delta: FloatBuffer(delta)))
+                updates.append(.full(delta: half
+                    ? WeightMatrix(halfBits: delta.map { Float16($0).bitPattern }, precision: .float16, rows: d.outFeatures, cols: d.inFeatures)
+                    : WeightMatrix(float32: delta, rows: d.outFeatures, cols: d.inFeatures)))
             case .factors(let a, let b, let r, let scale):
                 updates.append(.lora(a: FloatBuffer(a), b: FloatBuffer(b), rank: r, scale: scale))
             }
@@ -170,9 +230,9 @@ public final class TransformerEngine: @unchecked Sendable {
         let allFloat32 = weights.embed.float32 != nil && weights.lmHead.float32 != nil
             && weights.blocks.allSatisfy { $0.linear.values.allSatisfy { $0.float32 != nil } }
         let hasFull = updates.contains { if case .full = $0 { return true } else { return false } }
-        tileScratch = FloatBuffer(allFloat32 && !hasFull ? 0 : max(widest, tileFloats))
-        maskedLayers = deltas.map(\.layer)
-        currentGamma = [Float](repeating: 0, count: deltas.count)
+        self.gemm = GEMMSeam(gemm, tileFloats: allFloat32 && !hasFull ? 0 : max(widest, tileFloats))
+        maskedLayers = layers
+        currentGamma = [Float](repeating: 0, count: layers.count)
         // One table per distinct rope, shared by the blocks that use it.
         var cache: [RotaryEmbedding: RopeTables] = [:]
         fixedRope = spec.layers.map { layer in
@@ -230,7 +290,8 @@ public final class TransformerEngine: @unchecked Sendable {
             largestMicroBatch = max(largestMicroBatch, tokens)
             if acts == nil || acts!.capacity < tokens {
                 acts = Activations(spec: spec, capacity: max(tokens, min(tokenBudget, rows.map(\.ids.count).reduce(0, +))),
-                                   loraRanks: loraRanks, keepForBackward: gradient)
+                                   loraRanks: loraRanks, keepForBackward: gradient, recompute: recompute)
+                activationBytesAllocated = max(activationBytesAllocated, acts!.bytes)
             }
             let r = microBatch(batch, acts!, gradient: gradient)
             result.nllSum += r.nllSum
@@ -259,7 +320,7 @@ public final class TransformerEngine: @unchecked Sendable {
     private func weight(_ block: Int, _ kind: LayerKind) -> EffectiveWeight {
         let w0 = weights.blocks[block].linear[kind]!
         if let i = slot[block][kind], case .full(let delta) = updates[i], currentGamma[i] != 0 {
-            return EffectiveWeight(w: w0, delta: UnsafePointer(delta.p), gamma: currentGamma[i])
+            return EffectiveWeight(w: w0, delta: delta, gamma: currentGamma[i])
         }
         return EffectiveWeight(w: w0, delta: nil, gamma: 0)
     }
@@ -268,14 +329,15 @@ public final class TransformerEngine: @unchecked Sendable {
     /// keeps u = x·Aᵀ of LoRA layers for backward.
     private func maskedForward(_ out: FPtr, ldOut: Int, _ x: CPtr, block: Int, _ l: LinearSpec, T: Int,
                                acts: Activations, gradient: Bool, accumulate: Bool = false) {
-        linearForward(out, ldOut: ldOut, x, weight(block, l.kind), weights.blocks[block].bias[l.kind]?.p,
-                      T: T, accumulate: accumulate, scratch: tileScratch)
+        gemm.linearForward(out, ldOut: ldOut, x, weight(block, l.kind), weights.blocks[block].bias[l.kind]?.p,
+                           T: T, accumulate: accumulate)
         guard let i = slot[block][l.kind], case .lora(let a, let b, let r, let scale) = updates[i] else { return }
         let g = currentGamma[i]
         if g == 0 && !gradient { return }
         let u = acts.loraU[i]!
-        pgemm(transB: true, m: T, n: r, k: l.inFeatures, x, a.p, u.p)
-        if g != 0 { pgemm(transB: true, m: T, n: l.outFeatures, k: r, alpha: g * scale, u.p, b.p, beta: 1, out, ldc: ldOut) }
+        // The rank-r factor GEMMs (a few percent of the FLOPs) stay float32 in either precision.
+        gemm.gemm(transB: true, m: T, n: r, k: l.inFeatures, x, a.p, u.p)
+        if g != 0 { gemm.gemm(transB: true, m: T, n: l.outFeatures, k: r, alpha: g * scale, u.p, b.p, beta: 1, out, ldc: ldOut) }
     }
 
     /// Given dY [T, O] (row stride ldOut) and the layer input x [T, I]: dx [T, I] += dY·W_eff,
@@ -283,22 +345,22 @@ public final class TransformerEngine: @unchecked Sendable {
     private func maskedBackward(_ dx: FPtr, _ dy: CPtr, ldOut: Int, _ x: CPtr, block: Int, _ l: LinearSpec, T: Int,
                                 acts: Activations, scratch: Scratch, dGamma: inout [Double]) {
         let O = l.outFeatures, I = l.inFeatures
-        linearBackwardInput(dx, dy, ldOut: ldOut, weight(block, l.kind), T: T, scratch: tileScratch)
+        gemm.linearBackwardInput(dx, dy, ldOut: ldOut, weight(block, l.kind), T: T)
         guard let i = slot[block][l.kind] else { return }
         switch updates[i] {
         case .full(let delta):
             // dW = dYᵀ·x [O, I]; dγ = ⟨Δ, dW⟩
             let dW = scratch.weightGrad
-            pgemm(transA: true, m: O, n: I, k: T, dy, lda: ldOut, x, dW.p)
-            dGamma[i] += Double(BLAS.dot(O * I, delta.p, dW.p))
+            gemm.gemmAtPrecision(transA: true, m: O, n: I, k: T, dy, lda: ldOut, x, dW.p)
+            dGamma[i] += delta.dot(UnsafePointer(dW.p))
         case .lora(let a, let b, let r, let scale):
             // v = dY·B [T, r]; dγ = scale·Σ v∘u; dx += γ·scale·v·A
             let v = scratch.loraV
-            pgemm(m: T, n: r, k: O, dy, lda: ldOut, b.p, v.p)
+            gemm.gemm(m: T, n: r, k: O, dy, lda: ldOut, b.p, v.p)
             let u = acts.loraU[i]!
             dGamma[i] += Double(scale) * Double(BLAS.dot(T * r, v.p, u.p))
             let g = currentGamma[i]
-            if g != 0 { pgemm(m: T, n: I, k: r, alpha: g * scale, v.p, a.p, beta: 1, dx) }
+            if g != 0 { gemm.gemm(m: T, n: I, k: r, alpha: g * scale, v.p, a.p, beta: 1, dx) }
         }
     }
 
@@ -359,10 +421,11 @@ public final class TransformerEngine: @unchecked Sendable {
             weights.embed.widen(rows: id..<(id + 1), into: dst)
             if let s = c.embeddingScale { for i in 0..<H { dst[i] *= s } }
         }
-        // Blocks.
-        for b in 0..<c.blocks {
-            let s = gradient ? b : 0
-            let xIn = acts.xIn[s], xn1 = acts.xn1[s], qkv = acts.qkv[s], qk = acts.qk[s]
+        // One block's forward: its input is xIn[b] (or the one xIn without backward), its
+        // activations go to slot s, its output to the next block's input (or xOut).
+        let recompute = gradient && self.recompute
+        func blockForward(_ b: Int, slot s: Int) {
+            let xIn = acts.xIn[gradient ? b : 0], xn1 = acts.xn1[s], qkv = acts.qkv[s], qk = acts.qk[s]
             let att = acts.att[s], xMid = acts.xMid[s], xn2 = acts.xn2[s], gateUp = acts.gateUp[s], h = acts.h[s]
             let bw = weights.blocks[b]
             rmsnormForward(xn1.p, acts.rstd1[s].p, xIn.p, bw.inputNorm.p, T: T, H: H, eps: eps)
@@ -425,6 +488,7 @@ public final class TransformerEngine: @unchecked Sendable {
                 addInPlace(next.p, xMid.p, T * H)
             }
         }
+        for b in 0..<c.blocks { blockForward(b, slot: gradient && !recompute ? b : 0) }
         rmsnormForward(acts.xnF.p, acts.rstdF.p, acts.xOut.p, weights.finalNorm.p, T: T, H: H, eps: eps)
 
         // Loss positions: t predicts t+1 within its row.
@@ -449,7 +513,7 @@ public final class TransformerEngine: @unchecked Sendable {
             for j in 0..<n { (sel.p + j * H).update(from: acts.xnF.p + positions[p0 + j] * H, count: H) }
             result.nllSum += crossEntropyForwardBackward(sel.p, targets: Array(targets[p0..<(p0 + n)]), lmHead: weights.lmHead,
                                                          softcap: c.finalSoftcap, logits: logits.p, nll: nil,
-                                                         dx: gradient ? dsel.p : nil, scale: 1, scratch: tileScratch)
+                                                         dx: gradient ? dsel.p : nil, scale: 1, gemm: gemm)
             if let scratch {
                 for j in 0..<n {
                     let d = scratch.dx.p + positions[p0 + j] * H, s = dsel.p + j * H
@@ -466,14 +530,17 @@ public final class TransformerEngine: @unchecked Sendable {
         dRes.zero()
         rmsnormBackward(dRes.p, sc.dx.p, acts.xOut.p, acts.rstdF.p, weights.finalNorm.p, T: T, H: H)
         for b in stride(from: c.blocks - 1, through: 0, by: -1) {
+            // With recomputation the block's activations are formed again from its kept input.
+            let s = recompute ? 0 : b
+            if recompute { blockForward(b, slot: 0) }
             let bw = weights.blocks[b]
-            let xIn = acts.xIn[b], xn1 = acts.xn1[b], qkv = acts.qkv[b], qk = acts.qk[b]
-            let att = acts.att[b], xMid = acts.xMid[b], xn2 = acts.xn2[b], gateUp = acts.gateUp[b], h = acts.h[b]
+            let xIn = acts.xIn[b], xn1 = acts.xn1[s], qkv = acts.qkv[s], qk = acts.qk[s]
+            let att = acts.att[s], xMid = acts.xMid[s], xn2 = acts.xn2[s], gateUp = acts.gateUp[s], h = acts.h[s]
             // MLP: out = xMid + [norm](down(h))
             var dDown = dRes.p
             if c.sandwichNorms, let on = bw.mlpOutNorm {
                 sc.dProj.zero()
-                rmsnormBackward(sc.dProj.p, dRes.p, acts.mlpProj[b].p, acts.rstdMlpProj[b].p, on.p, T: T, H: H)
+                rmsnormBackward(sc.dProj.p, dRes.p, acts.mlpProj[s].p, acts.rstdMlpProj[s].p, on.p, T: T, H: H)
                 dDown = sc.dProj.p
             }
             sc.dh.zero()
@@ -481,18 +548,18 @@ public final class TransformerEngine: @unchecked Sendable {
             gatedBackward(sc.dGateUp.p, sc.dh.p, gateUp.p, T: T, I: I, c.activation)
             sc.dxn.zero()
             stageBackward(.gateUp, sc.dxn.p, sc.dGateUp.p, ldOut: 2 * I, xn2.p, block: b, T: T, acts: acts, scratch: sc, dGamma: &dGamma)
-            rmsnormBackward(dRes.p, sc.dxn.p, xMid.p, acts.rstd2[b].p, bw.mlpNorm.p, T: T, H: H)
+            rmsnormBackward(dRes.p, sc.dxn.p, xMid.p, acts.rstd2[s].p, bw.mlpNorm.p, T: T, H: H)
             // Attention: xMid = xIn + [norm](o(att))
             var dO = dRes.p
             if c.sandwichNorms, let on = bw.attentionOutNorm {
                 sc.dProj.zero()
-                rmsnormBackward(sc.dProj.p, dRes.p, acts.attnProj[b].p, acts.rstdAttnProj[b].p, on.p, T: T, H: H)
+                rmsnormBackward(sc.dProj.p, dRes.p, acts.attnProj[s].p, acts.rstdAttnProj[s].p, on.p, T: T, H: H)
                 dO = sc.dProj.p
             }
             sc.datt.zero()
             stageBackward(.attentionOut, sc.datt.p, dO, ldOut: H, att.p, block: b, T: T, acts: acts, scratch: sc, dGamma: &dGamma)
             sc.dqkv.zero(); sc.dqk.zero()
-            let qkRstd = c.qkNorm ? acts.qkRstd[b].p : nil
+            let qkRstd = c.qkNorm ? acts.qkRstd[s].p : nil
             parallelFor(rows.count) { range in
                 let probs = FloatBuffer(maxL * maxL), dProbs = FloatBuffer(maxL * maxL)
                 let caps = FloatBuffer(capped ? maxL * maxL : 0)
@@ -528,7 +595,7 @@ public final class TransformerEngine: @unchecked Sendable {
             }
             sc.dxn.zero()
             stageBackward(.qkv, sc.dxn.p, sc.dqkv.p, ldOut: qkvDim, xn1.p, block: b, T: T, acts: acts, scratch: sc, dGamma: &dGamma)
-            rmsnormBackward(dRes.p, sc.dxn.p, xIn.p, acts.rstd1[b].p, bw.inputNorm.p, T: T, H: H)
+            rmsnormBackward(dRes.p, sc.dxn.p, xIn.p, acts.rstd1[s].p, bw.inputNorm.p, T: T, H: H)
         }
         result.dNllSumDGamma = dGamma
         return result

@@ -11,12 +11,18 @@ public struct MemoryPlan: Sendable {
     public var weights: Int
     /// The largest tensor, copied once more while it loads.
     public var loadTransient: Int
-    /// Deltas as the engine holds them, plus the decoded copy while they load.
+    /// Deltas as the engine holds them (float16 dense deltas 2 bytes per value), plus one
+    /// layer's decoded copy while they load.
     public var deltas: Int
     /// Scratch independent of the batch: widening tiles, a full delta's weight gradient, logits.
     public var fixed: Int
     /// Activations (and gradient scratch) per token of a micro-batch.
     public var perToken: Int
+    /// The same with activation recomputation (each block's input kept, one block's activations).
+    public var perTokenRecomputed: Int
+    /// Whether the backward pass recomputes activations (set by `budget`; `perToken` then is
+    /// `perTokenRecomputed`).
+    public private(set) var recompute = false
     /// The process itself: Swift runtime, Foundation, OpenBLAS and HDF5 (measured, about 30 MB).
     public static let process = 32_000_000
 
@@ -34,7 +40,7 @@ public struct MemoryPlan: Sendable {
         }
         weights = w
         loadTransient = largest
-        var d = 0, maxWeight = 0, loraFloatsPerToken = 0
+        var d = 0, maxWeight = 0, loraFloatsPerToken = 0, largestDecoded = 0
         for layer in deltas?.layers ?? [] {
             guard let l = deltas?.layerInfo(layer) else { continue }
             let floats: Int
@@ -45,14 +51,16 @@ public struct MemoryPlan: Sendable {
                 floats = l.outFeatures * l.inFeatures
                 maxWeight = max(maxWeight, floats)
             }
-            d += 4 * floats * 2   // held, and the decoded copy the engine copies from
+            d += floats * (l.rank == nil && l.dtype == "float16" ? 2 : 4)
+            largestDecoded = max(largestDecoded, 4 * floats)
         }
-        self.deltas = d
+        self.deltas = d + largestDecoded
         fixed = TransformerEngine.tileBytes + TransformerEngine.logitsBytes(spec) + (gradient ? 4 * maxWeight : 0)
         // u = x·Aᵀ of every LoRA layer is kept per token; the backward adds v = dY·B of one.
         let maxRank = deltas?.layers.compactMap { deltas?.layerInfo($0)?.rank }.max() ?? 0
-        perToken = TransformerEngine.activationBytesPerToken(spec, gradient: gradient) + 4 * loraFloatsPerToken
-            + (gradient ? 4 * maxRank : 0)
+        let lora = 4 * loraFloatsPerToken + (gradient ? 4 * maxRank : 0)
+        perToken = TransformerEngine.activationBytesPerToken(spec, gradient: gradient) + lora
+        perTokenRecomputed = TransformerEngine.activationBytesPerToken(spec, gradient: gradient, recompute: gradient) + lora
     }
 
     /// The memory this process may use: the cgroup limit or MemAvailable, whichever is lower.
@@ -79,6 +87,19 @@ public struct MemoryPlan: Sendable {
     /// Tokens per micro-batch that fit `budget` (at most 4096), or a refusal naming the need
     /// when not even one row of `rowTokens` fits.
     public func tokenBudget(budget: Int, rowTokens: Int, source: String, what: String) throws -> Int {
+        var plan = self
+        return try plan.budget(budget, rowTokens: rowTokens, source: source, what: what)
+    }
+
+    /// As `tokenBudget`, switching to activation recomputation (`recompute`) when one row's
+    /// activations do not fit but fit recomputed, or when `forceRecompute`.
+    public mutating func budget(_ budget: Int, rowTokens: Int, source: String, what: String,
+                                forceRecompute: Bool = false) throws -> Int {
+        if forceRecompute || (total(tokens: rowTokens) > budget && beforeTokens + rowTokens * perTokenRecomputed <= budget),
+           perTokenRecomputed < perToken {
+            recompute = true
+            perToken = perTokenRecomputed
+        }
         let need = total(tokens: rowTokens)
         guard need <= budget else {
             let tip = deltas > weights / 2 ? "; try ila-diff --rank R or --dtype f16 deltas, a shorter --seq-len, or --max-memory" : "; try a shorter --seq-len, a machine with more memory, or --max-memory"

@@ -41,6 +41,9 @@ public final class WeightMatrix: @unchecked Sendable {
     /// The float32 values in place, when stored as float32.
     public var float32: UnsafePointer<Float>? { single.map { UnsafePointer($0.p) } }
 
+    /// The bfloat16 bit patterns in place, when stored as bfloat16.
+    public var bfloat16: UnsafePointer<UInt16>? { precision == .bfloat16 ? half.map { UnsafePointer($0) } : nil }
+
     /// Writes rows `range` widened to float32 into dst [range.count, cols].
     public func widen(rows range: Range<Int>, into dst: UnsafeMutablePointer<Float>) {
         let n = range.count * cols, off = range.lowerBound * cols

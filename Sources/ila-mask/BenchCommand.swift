@@ -28,7 +28,7 @@ struct BenchCommand: ParsableCommand {
             let data = try base.rows(path: model.data, template: model.template, seqLen: model.seqLen, limit: rows)
             let n = engine.maskedLayers.count
             let gamma = [Float](repeating: Float(MaskObjective.sigmoid(3)), count: n)
-            func best(_ body: () throws -> Void) rethrows -> Double {
+            func best(_ body: () throws -> Void) throws -> Double {
                 try body()  // warm-up
                 var b = Double.infinity
                 for _ in 0..<repeats {
@@ -57,22 +57,47 @@ struct BenchCommand: ParsableCommand {
             // Multi-threaded OpenBLAS as a user would call it (the engine itself runs BLAS single-threaded).
             let engineBLASThreads = BLAS.threads
             BLAS.threads = ProcessInfo.processInfo.activeProcessorCount
-            let g = best { BLAS.gemm(transB: true, m: m, n: nn, k: k, a.p, b.p, out.p) }
+            let g = try best { BLAS.gemm(transB: true, m: m, n: nn, k: k, a.p, b.p, out.p) }
             BLAS.threads = engineBLASThreads
             let gemmGflops = 2.0 * Double(m * k * nn) / g / 1e9
+            // oneDNN at the same shape: float32, and bf16 × bf16 → f32 where the CPU has it.
+            let gd = try best {
+                try OneDNN.sgemm(transA: false, transB: true, m: m, n: nn, k: k, alpha: 1, a.p, lda: k, b.p, ldb: k,
+                                 beta: 0, out.p, ldc: nn)
+            }
+            var bf16Gflops: Double?
+            if OneDNN.bf16Implementation != nil {
+                let ah = [UInt16](repeating: 0x3F80, count: m * k), bh = [UInt16](repeating: 0x3F00, count: nn * k)
+                let t = try best {
+                    try ah.withUnsafeBufferPointer { ap in
+                        try bh.withUnsafeBufferPointer { bp in
+                            guard let pa = ap.baseAddress, let pb = bp.baseAddress else { return }
+                            try OneDNN.gemmBF16(transA: false, transB: true, m: m, n: nn, k: k, alpha: 1, pa, lda: k, pb, ldb: k,
+                                                beta: 0, out.p, ldc: nn)
+                        }
+                    }
+                }
+                bf16Gflops = 2.0 * Double(m * k * nn) / t / 1e9
+            }
             // Forward FLOPs: linear layers, attention (QKᵀ and PV, full square), lm_head on loss positions.
             let linear = c.linears.map { $0.outFeatures * $0.inFeatures }.reduce(0, +) * c.blocks
             var flops = 2.0 * Double(tokens) * Double(linear)
             for r in data { flops += 4.0 * Double(r.ids.count * r.ids.count) * Double(c.qDim) * Double(c.blocks) }
             let lossTokens = data.map { r in r.labels.dropFirst().filter { $0 != -100 }.count }.reduce(0, +)
             flops += 2.0 * Double(lossTokens) * Double(c.hiddenSize * c.vocabSize)
-            let o: [String: Any] = [
+            var o: [String: Any] = [
                 "rows": data.count, "tokens": tokens, "threads": ProcessInfo.processInfo.activeProcessorCount,
                 "forward_s": fwd, "forward_tok_s": Double(tokens) / fwd,
                 "backward_s": bwd, "backward_tok_s": Double(tokens) / bwd,
                 "step_s": step,
                 "forward_gflops": flops / fwd / 1e9, "sgemm_gflops": gemmGflops,
+                "gemm": engine.gemmOptions.summary, "gemm_shape": [m, k, nn],
+                "gemm_gflops": ["openblas_f32": gemmGflops, "onednn_f32": 2.0 * Double(m * k * nn) / gd / 1e9],
             ]
+            if let bf16Gflops, var g = o["gemm_gflops"] as? [String: Double] {
+                g["onednn_bf16"] = bf16Gflops
+                o["gemm_gflops"] = g
+            }
             printOut(try jsonText(o))
         }
     }

@@ -115,7 +115,7 @@ struct LearnCommand: ParsableCommand {
             guard !engine.maskedLayers.isEmpty else { throw ILAError(file: model.deltas ?? "", "holds no layers") }
             let rows = try base.rows(path: model.data, template: model.template, seqLen: model.seqLen, limit: limit)
             let layerNames = engine.maskedLayers.map(\.name)
-            let fingerprint = [model.base, model.deltas ?? "", model.data, model.template.rawValue, "\(rows.count)",
+            let fingerprint = [model.base, model.deltas ?? "", model.data, model.template.rawValue, model.precision.rawValue, "\(rows.count)",
                                "\(limit ?? 0)", layerNames.joined(separator: ",")].joined(separator: "|")
             var state: LearnState
             if resume {
@@ -170,6 +170,7 @@ struct LearnCommand: ParsableCommand {
                                               seqLen: model.seqLen, seed: seed, template: model.template.rawValue)
             objective.stableSteps = stableSteps
             objective.stoppedAt = stoppedAt
+            if model.precision != .float32 { objective.precision = model.precision.rawValue }
             var ranking = Ranking.from(scores: Array(zip(engine.maskedLayers, state.scores)),
                                        gammas: state.scores.map(MaskObjective.sigmoid),
                                        architecture: base.spec.architecture,
@@ -186,14 +187,15 @@ struct LearnCommand: ParsableCommand {
                                      attributes: ["description": "mask logits s after each Adam step, [steps, layers]"])
             try ranking.write(path: output)
             unlink(statePath)
-            report(ranking, memory: memoryReport(plan, engine))
+            report(ranking, memory: memoryReport(plan, engine), engine: engine)
         }
     }
 
-    func report(_ r: Ranking, memory: [String: Int]) {
+    func report(_ r: Ranking, memory: [String: Int], engine: TransformerEngine) {
         if json {
             let top = r.ordered.prefix(10).map { ["name": $0.name, "score": $0.score, "rank": $0.rank] as [String: Any] }
-            var o: [String: Any] = ["output": output, "trajectory": trajectoryPath, "top": top, "memory": memory]
+            var o: [String: Any] = ["output": output, "trajectory": trajectoryPath, "top": top, "memory": memory,
+                                    "gemm": engine.gemmOptions.summary]
             if let h = r.history?.last { o["final_nll"] = h.nll; o["final_mean_gamma"] = h.meanGamma }
             if let e = r.eval { o["eval"] = e }
             printOut((try? jsonText(o)) ?? "{}")

@@ -8,6 +8,8 @@ import ILAEngine
 import ILARanking
 
 extension PromptTemplate: ExpressibleByArgument {}
+extension GEMMBackend: ExpressibleByArgument {}
+extension GEMMPrecision: ExpressibleByArgument {}
 
 /// Options every model-running subcommand shares.
 struct ModelDataOptions: ParsableArguments {
@@ -30,6 +32,17 @@ struct ModelDataOptions: ParsableArguments {
             help: "Memory the run may use, e.g. 16G or 12GiB (default: what the machine has available). The micro-batch shrinks to fit; a run that cannot fit is refused before loading.")
     var maxMemory: String?
 
+    @Option(help: "GEMM library: auto (oneDNN where the CPU has AVX-512, else OpenBLAS), openblas or onednn.")
+    var gemm: GEMMBackend = .auto
+
+    @Option(help: "Inputs of the large GEMMs: float32 (exact against PyTorch) or bf16 (rounded to bfloat16, float32 accumulation; fast where the CPU has bf16 GEMMs).")
+    var precision: GEMMPrecision = .float32
+
+    @Flag(help: "Recompute each block's activations in the backward pass instead of keeping them (less memory, one more forward; chosen by itself when one row does not fit otherwise).")
+    var recompute = false
+
+    var gemmOptions: GEMMOptions { GEMMOptions(backend: gemm, precision: precision) }
+
     func validate() throws {
         if seqLen < 2 { throw ValidationError("--seq-len must be at least 2") }
         if let m = maxMemory, MemoryPlan.parseSize(m) == nil {
@@ -45,20 +58,24 @@ struct ModelDataOptions: ParsableArguments {
         var tokenBudget = 4096
         var memoryPlan: MemoryPlan?
         let model = try BaseModel(path: base) { checkpoint, spec in
-            let plan = MemoryPlan(spec: spec, checkpoint: checkpoint, deltas: store, gradient: gradient)
+            var plan = MemoryPlan(spec: spec, checkpoint: checkpoint, deltas: store, gradient: gradient)
             let available = MemoryPlan.available()
             let budget = maxMemory.flatMap(MemoryPlan.parseSize) ?? available.bytes
-            tokenBudget = try plan.tokenBudget(budget: budget, rowTokens: seqLen, source: maxMemory == nil ? available.source : "--max-memory",
-                                               what: base)
+            tokenBudget = try plan.budget(budget, rowTokens: seqLen, source: maxMemory == nil ? available.source : "--max-memory",
+                                          what: base, forceRecompute: recompute && gradient)
             memoryPlan = plan
         }
-        var loaded: [LayerDelta] = []
-        if let store { loaded = try store.layers.map { try store.delta($0) } }
         do {
-            let engine = try TransformerEngine(weights: model.weights, deltas: loaded, maxSequenceLength: max(seqLen, 1),
-                                               tokenBudget: tokenBudget)
+            let engine = try store.map {
+                try TransformerEngine(weights: model.weights, store: $0, maxSequenceLength: max(seqLen, 1),
+                                      tokenBudget: tokenBudget, gemm: gemmOptions)
+            } ?? TransformerEngine(weights: model.weights, deltas: [], maxSequenceLength: max(seqLen, 1),
+                                   tokenBudget: tokenBudget, gemm: gemmOptions)
             guard let memoryPlan else { throw ILAError(file: base, "memory plan missing") }
+            engine.recompute = memoryPlan.recompute
             return (model, engine, store, memoryPlan)
+        } catch let e as DeltaLoadError {
+            throw e.underlying
         } catch let e as ILAError {
             throw ILAError(file: deltas ?? base, "does not fit base \(base): \(e.message)")
         }
@@ -67,7 +84,8 @@ struct ModelDataOptions: ParsableArguments {
 
 /// `--json`'s memory report: what the plan said for the micro-batches that ran, and the peak.
 func memoryReport(_ plan: MemoryPlan, _ engine: TransformerEngine) -> [String: Int] {
-    ["planned_bytes": plan.total(tokens: engine.largestMicroBatch), "peak_rss_bytes": MemoryPlan.peakResidentBytes()]
+    ["planned_bytes": plan.total(tokens: engine.largestMicroBatch), "peak_rss_bytes": MemoryPlan.peakResidentBytes(),
+     "recompute": plan.recompute ? 1 : 0]
 }
 
 /// Runs the engine over rows in chunks, with a progress bar on a terminal.

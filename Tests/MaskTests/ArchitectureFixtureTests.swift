@@ -26,7 +26,7 @@ final class ArchitectureFixtureTests: XCTestCase {
     }
 
     /// mean NLL at γ = 0, 0.5, 1, per-token NLL of row 0, and J, dJ/ds at s = 3 for one case.
-    func check(_ name: String) throws {
+    func check(_ name: String, recompute: Bool = false) throws {
         let dir = Self.root.appendingPathComponent(name)
         let ref = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent("reference.json"))) as? [String: Any])
         let base = try BaseModel(path: dir.appendingPathComponent("base").path)
@@ -39,6 +39,7 @@ final class ArchitectureFixtureTests: XCTestCase {
             let computer = try DeltaComputer(base: base.checkpoint, aligned: try AlignedCheckpoint.open(dir.appendingPathComponent(kind).path))
             let deltas = try computer.layers.map { try computer.delta(for: $0) }
             let engine = try TransformerEngine(weights: base.weights, deltas: deltas, maxSequenceLength: 256)
+            engine.recompute = recompute
             let n = engine.maskedLayers.count
             XCTAssertEqual(engine.maskedLayers.map(\.name), ref["layers"] as? [String], "\(what): layers in canonical order")
             for g in [0, 1] {
@@ -81,6 +82,12 @@ final class ArchitectureFixtureTests: XCTestCase {
     }
 
     func testLlama() throws { try check("llama") }
+    /// Activation recomputation against PyTorch on the families with the most per-block state
+    /// (q/k norms, sandwich norms, sliding windows; fused projections).
+    func testRecomputedActivations() throws {
+        try check("gemma3", recompute: true)
+        try check("phi3", recompute: true)
+    }
     func testMistralSlidingWindow() throws { try check("mistral") }
     func testQwen2() throws { try check("qwen2") }
     func testQwen3() throws { try check("qwen3") }

@@ -28,20 +28,20 @@ enum Fixtures {
 }
 
 /// Loads base + aligned into an engine, with deltas straight from the checkpoints.
-func makeEngine(set: String, aligned: String) throws -> (BaseModel, TransformerEngine, [LayerDelta]) {
+func makeEngine(set: String, aligned: String, gemm: GEMMOptions = GEMMOptions()) throws -> (BaseModel, TransformerEngine, [LayerDelta]) {
     let base = try BaseModel(path: set + "/base-A")
     let computer = try DeltaComputer(base: base.checkpoint, aligned: try AlignedCheckpoint.open(set + "/" + aligned))
     let deltas = try computer.layers.map { try computer.delta(for: $0) }
-    return (base, try TransformerEngine(weights: base.weights, deltas: deltas), deltas)
+    return (base, try TransformerEngine(weights: base.weights, deltas: deltas, gemm: gemm), deltas)
 }
 
 final class EngineTests: XCTestCase {
     /// mean NLL at γ = 0, 0.5, 1, per-token NLL of row 0, and the gate gradient, against PyTorch.
-    func checkReference(set: String, dataDir: String, names: [String]? = nil) throws {
+    func checkReference(set: String, dataDir: String, names: [String]? = nil, gemm: GEMMOptions = GEMMOptions()) throws {
         let ref = try Fixtures.reference(set)
         let aligned = try XCTUnwrap(ref["aligned"] as? [String: [String: Any]])
         for (name, entry) in aligned.sorted(by: { $0.key < $1.key }) where names == nil || names!.contains(name) {
-            let (base, engine, _) = try makeEngine(set: set, aligned: name)
+            let (base, engine, _) = try makeEngine(set: set, aligned: name, gemm: gemm)
             let n = engine.maskedLayers.count
             let ds = try XCTUnwrap(entry["dataset"] as? String)
             let seqLen = try XCTUnwrap(ref["seq_len"] as? Int)
@@ -84,6 +84,14 @@ final class EngineTests: XCTestCase {
 
     func testTinyReferenceParity() throws {
         try checkReference(set: Fixtures.tiny, dataDir: Fixtures.data)
+    }
+
+    /// Both GEMM backends are exact against PyTorch, whichever `auto` picks on this CPU.
+    func testTinyReferenceParityOnEachBackend() throws {
+        for backend in [GEMMBackend.openblas, .onednn] {
+            try checkReference(set: Fixtures.tiny, dataDir: Fixtures.data, names: ["full-pyapi", "lora-pyapi"],
+                               gemm: GEMMOptions(backend: backend))
+        }
     }
 
     func testSmallReferenceParity() throws {
@@ -139,6 +147,59 @@ final class EngineTests: XCTestCase {
             for i in 0..<gamma.count {
                 XCTAssertEqual(a.dNllSumDGamma[i], b.dNllSumDGamma[i], accuracy: 1e-5 * abs(b.dNllSumDGamma[i]) + 1e-7, "\(aligned) \(i)")
             }
+        }
+    }
+
+    /// Dense float16 deltas (ila-diff --dtype f16) are held as float16, half the bytes, with the
+    /// results of the same values held as float32.
+    func testFloat16DeltasStayFloat16() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ila-f16-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("d.h5").path
+        let base = try BaseModel(path: Fixtures.tiny + "/base-A")
+        let computer = try DeltaComputer(base: base.checkpoint, aligned: try AlignedCheckpoint.open(Fixtures.tiny + "/full-pyapi"))
+        let writer = try DeltaStoreWriter(path: path, info: DeltaFileInfo(kind: "full", base: "b", aligned: "a", tool: "test"), storeF16: true)
+        for l in computer.layers { try writer.append(try computer.delta(for: l)) }
+        try writer.finish()
+        let store = try DeltaStore(path: path)
+        let held = try TransformerEngine(weights: base.weights, store: store)
+        let widened = try TransformerEngine(weights: base.weights, deltas: try store.layers.map { try store.delta($0) })
+        XCTAssertEqual(held.maskedLayers.map(\.name), widened.maskedLayers.map(\.name))
+        XCTAssertEqual(Double(held.deltaBytes), 0.5 * Double(widened.deltaBytes), accuracy: 1)
+        let rows = try base.rows(path: Fixtures.data + "/pyapi.train.jsonl", template: .alpaca, seqLen: 64, limit: 6)
+        let gamma = (0..<held.maskedLayers.count).map { Float(0.3 + 0.5 * Double($0 % 3) / 2) }
+        let a = try held.gradient(rows: rows, gamma: gamma), b = try widened.gradient(rows: rows, gamma: gamma)
+        XCTAssertEqual(a.nllSum, b.nllSum, accuracy: 1e-6 * b.nllSum)
+        for i in 0..<gamma.count {
+            XCTAssertEqual(a.dNllSumDGamma[i], b.dNllSumDGamma[i], accuracy: 1e-5 * abs(b.dNllSumDGamma[i]) + 1e-7, "layer \(i)")
+        }
+        // The float16 values differ from the float32 deltas (the test holds real float16 data).
+        let f32 = try computer.delta(for: computer.layers[0])
+        guard case .full(let x) = f32.payload, case .full(let y) = try store.delta(computer.layers[0]).payload else { return XCTFail("dense") }
+        XCTAssertNotEqual(x, y)
+    }
+
+    /// Recomputing each block's activations in the backward pass (checkpointing) gives the same
+    /// sums as keeping them, for LoRA and full deltas, in less activation memory.
+    func testRecomputationGivesTheSameResult() throws {
+        for aligned in ["lora-pyapi", "full-pyapi"] {
+            let (base, engine, _) = try makeEngine(set: Fixtures.tiny, aligned: aligned)
+            let rows = try base.rows(path: Fixtures.data + "/pyapi.train.jsonl", template: .alpaca, seqLen: 64, limit: 6)
+            let gamma = (0..<engine.maskedLayers.count).map { Float(0.2 + 0.6 * Double($0 % 5) / 4) }
+            let kept = try engine.gradient(rows: rows, gamma: gamma)
+            let (_, recomputing, _) = try makeEngine(set: Fixtures.tiny, aligned: aligned)
+            recomputing.recompute = true
+            let again = try recomputing.gradient(rows: rows, gamma: gamma)
+            XCTAssertLessThan(recomputing.activationBytesAllocated, engine.activationBytesAllocated, "\(aligned): activations kept")
+            XCTAssertEqual(again.tokens, kept.tokens)
+            XCTAssertEqual(again.nllSum, kept.nllSum, accuracy: 1e-9 * kept.nllSum, aligned)
+            for i in 0..<gamma.count {
+                XCTAssertEqual(again.dNllSumDGamma[i], kept.dNllSumDGamma[i], accuracy: 1e-9 * abs(kept.dNllSumDGamma[i]) + 1e-12, "\(aligned) \(i)")
+            }
+            let spec = base.spec
+            let full = TransformerEngine.activationBytesPerToken(spec), less = TransformerEngine.activationBytesPerToken(spec, recompute: true)
+            XCTAssertLessThan(less, full, "\(spec.blocks) blocks")
         }
     }
 

@@ -69,6 +69,41 @@ final class MaskHostileInputTests: XCTestCase {
         XCTAssertEqual(try plan.tokenBudget(budget: tight, rowTokens: 256, source: "test", what: "x"), 300)
     }
 
+    /// A budget where one row's activations fit only recomputed: learn switches to activation
+    /// recomputation by itself and learns the same scores as with room to spare.
+    func testTightBudgetRecomputesActivations() throws {
+        let deltas = tmp.path("d.h5")
+        XCTAssertEqual(try CommandRunner.run("ila-diff", ["\(tiny)/base-A", "\(tiny)/lora-pyapi", "-o", deltas]).status, 0)
+        let base = try BaseModel(path: "\(tiny)/base-A")
+        let plan = MemoryPlan(spec: base.spec, checkpoint: base.checkpoint, deltas: try DeltaStore(path: deltas), gradient: true)
+        XCTAssertLessThan(plan.perTokenRecomputed, plan.perToken)
+        let seqLen = 64
+        let budget = plan.beforeTokens + seqLen * (plan.perTokenRecomputed + plan.perToken) / 2
+        XCTAssertGreaterThan(plan.total(tokens: seqLen), budget, "one row must not fit without recomputation")
+        func learn(_ extra: [String], _ out: String) throws -> (scores: [Double], recompute: Int) {
+            let r = try CommandRunner.run("ila-mask", ["learn", "--base", "\(tiny)/base-A", "--deltas", deltas, "--data", "\(data)/pyapi.train.jsonl",
+                                                       "--steps", "3", "--seq-len", "\(seqLen)", "--limit", "12", "-o", tmp.path(out), "--json"] + extra)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let o = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+            let m = try XCTUnwrap(o["memory"] as? [String: Int])
+            let ranking = try Ranking.load(path: tmp.path(out))
+            return (ranking.layers.map(\.score), try XCTUnwrap(m["recompute"]))
+        }
+        let roomy = try learn([], "roomy.json")
+        let tight = try learn(["--max-memory", "\(budget)"], "tight.json")
+        let forced = try learn(["--recompute"], "forced.json")
+        XCTAssertEqual(roomy.recompute, 0)
+        XCTAssertEqual(tight.recompute, 1)
+        XCTAssertEqual(forced.recompute, 1)
+        XCTAssertEqual(tight.scores.count, roomy.scores.count)
+        for (a, b) in zip(tight.scores, roomy.scores) { XCTAssertEqual(a, b, accuracy: 1e-9 * max(1, abs(b))) }
+        for (a, b) in zip(forced.scores, roomy.scores) { XCTAssertEqual(a, b, accuracy: 1e-9 * max(1, abs(b))) }
+        // Below even the recomputed need, the run is refused.
+        try assertRefused(["learn", "--base", "\(tiny)/base-A", "--deltas", deltas, "--data", "\(data)/pyapi.train.jsonl", "--steps", "1",
+                           "--seq-len", "\(seqLen)", "-o", tmp.path("no.json"),
+                           "--max-memory", "\(plan.beforeTokens + seqLen * plan.perTokenRecomputed - 1)"], mentions: ["needs", "available"])
+    }
+
     /// The plan's estimate for the micro-batches that ran is within 15% of the measured peak
     /// resident memory (`--json` reports both), for LoRA and full deltas, learn and eval.
     func testMemoryPlanEstimatesThePeak() throws {

@@ -41,8 +41,10 @@ public struct Ranking: Codable, Sendable, Equatable {
         /// With `learn --stable-steps K`: K, and the step the run stopped at (nil: it ran all steps).
         public var stableSteps: Int?
         public var stoppedAt: Int?
+        /// The large GEMMs' input precision when not float32 ("bf16" with `--precision bf16`).
+        public var precision: String?
         enum CodingKeys: String, CodingKey {
-            case lambda, lr, steps, batch, seed, optimizer, template
+            case lambda, lr, steps, batch, seed, optimizer, template, precision
             case stableSteps = "stable_steps", stoppedAt = "stopped_at"
             case sInit = "s_init"
             case seqLen = "seq_len"
