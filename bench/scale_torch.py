@@ -164,14 +164,18 @@ def cmd_step(a):
 
     def step(give_up=None):
         opt.zero_grad()
-        total, t0 = 0.0, time.perf_counter()
+        total, t0, done_tokens = 0.0, time.perf_counter(), 0
         for k, c in enumerate(chunks):
             part = chunk_nll_sum(s, *c) / count
             part.backward()
             total += part.item()
             el = time.perf_counter() - t0
-            if give_up and el > give_up and k + 1 < len(chunks):
-                raise GiveUp(f"{el:.1f} s after {k + 1} of {len(chunks)} chunks, > {give_up:.1f} s")
+            done_tokens += int(c[0].numel())
+            projected = el * padded_tokens / done_tokens  # the step's time at this pace
+            if give_up and k + 1 < len(chunks) and (el > give_up or (done_tokens >= padded_tokens / 4
+                                                                     and projected > 1.1 * give_up)):
+                raise GiveUp(f"{el:.1f} s after {k + 1} of {len(chunks)} chunks (projected {projected:.0f} s), "
+                             f"> {give_up:.1f} s")
         (a.lam * torch.sigmoid(s).mean()).backward()
         g = s.grad.clone()
         opt.step()
@@ -244,6 +248,13 @@ def cmd_sweep(a):
         print(f"scale_torch: {v} ...", file=sys.stderr, flush=True)
         out_path = os.path.join(a.workdir, v.replace("/", "_") + ".json")
         err_path = out_path[:-5] + ".err"
+        res_path = out_path[:-5] + ".result.json"
+        if a.keep and os.path.exists(res_path):
+            r = json.load(open(res_path))
+            if r.get("status") in ("ok", "did not fit", "slower, abandoned"):
+                print(f"scale_torch: {v}: kept from an earlier sweep ({r['status']})", file=sys.stderr, flush=True)
+                results.append(r)
+                continue
         with open(out_path, "w") as fo, open(err_path, "w") as fe:
             w = watched(cmd, a.limit_gb, a.reserve_gb, a.timeout, stdout=fo, stderr=fe)
         r = {"variant": v, "fit": False, "watch": w}
@@ -259,6 +270,7 @@ def cmd_sweep(a):
         r["status"] = ("ok" if r["fit"] else "slower, abandoned" if "gave_up" in r else
                        "did not fit" if ("resident" in k or "MemAvailable" in k) else "timeout" if k else "failed")
         results.append(r)
+        json.dump(r, open(res_path, "w"))
         print(json.dumps({k: x for k, x in r.items() if k != "grad"}), flush=True)
         print(f"scale_torch: {v}: " + (f"step {r['step_s']:.3f} s, peak {r['peak_rss_bytes'] / 1e9:.2f} GB" if r["fit"]
                                         else f"{r['status']}: {r.get('why')}"), file=sys.stderr, flush=True)
@@ -323,7 +335,8 @@ def main():
     p.add_argument("--limit-gb", type=float, default=20.0)
     p.add_argument("--reserve-gb", type=float, default=1.0)
     p.add_argument("--timeout", type=float, default=0, help="seconds per variant (0: none)")
-    p.add_argument("--give-up-factor", type=float, default=1.5,
+    p.add_argument("--keep", action="store_true", help="reuse the results of variants an earlier sweep in --workdir finished")
+    p.add_argument("--give-up-factor", type=float, default=1.25,
                    help="abandon a variant whose warm-up step exceeds this × the fastest step so far (0: never)")
     p.set_defaults(fn=cmd_sweep)
     p = sub.add_parser("watch")
