@@ -5,7 +5,7 @@ import PackageDescription
 // `swift test` is untouched; build and run them with `fuzz/run-all SECONDS`, which passes
 // `-sanitize=fuzzer,address`.
 let harnesses = ["safetensors", "config", "adapter_config", "tokenizer", "tokenizer_encode",
-                 "jsonl", "ranking", "deltas", "deltas_raw"]
+                 "jsonl", "ranking", "deltas", "deltas_raw", "chat_template"]
 
 let package = Package(
     name: "ila-fuzz",

@@ -25,7 +25,7 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let (base, engine, _, _) = try model.loadEngine(requireDeltas: true, gradient: true)
-            let data = try base.rows(path: model.data, template: model.template, seqLen: model.seqLen, limit: rows)
+            let data = try base.rows(path: model.data, format: model.format, seqLen: model.seqLen, limit: rows)
             let n = engine.maskedLayers.count
             let gamma = [Float](repeating: Float(MaskObjective.sigmoid(3)), count: n)
             func best(_ body: () throws -> Void) throws -> Double {

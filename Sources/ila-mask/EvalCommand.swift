@@ -52,7 +52,7 @@ struct EvalCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let (base, engine, _, plan) = try model.loadEngine(requireDeltas: false)
-            let rows = try base.rows(path: model.data, template: model.template, seqLen: model.seqLen, limit: limit)
+            let rows = try base.rows(path: model.data, format: model.format, seqLen: model.seqLen, limit: limit)
             var mask = [Float](repeating: Float(gamma ?? 1), count: engine.maskedLayers.count)
             if let ranking, let top {
                 let r = try Ranking.load(path: ranking)

@@ -113,9 +113,9 @@ struct LearnCommand: ParsableCommand {
             }
             let (base, engine, store, plan) = try model.loadEngine(requireDeltas: true, gradient: true)
             guard !engine.maskedLayers.isEmpty else { throw ILAError(file: model.deltas ?? "", "holds no layers") }
-            let rows = try base.rows(path: model.data, template: model.template, seqLen: model.seqLen, limit: limit)
+            let rows = try base.rows(path: model.data, format: model.format, seqLen: model.seqLen, limit: limit)
             let layerNames = engine.maskedLayers.map(\.name)
-            let fingerprint = [model.base, model.deltas ?? "", model.data, model.template.rawValue, model.precision.rawValue, "\(rows.count)",
+            let fingerprint = [model.base, model.deltas ?? "", model.data, model.format.description, model.precision.rawValue, "\(rows.count)",
                                "\(limit ?? 0)", layerNames.joined(separator: ",")].joined(separator: "|")
             var state: LearnState
             if resume {
@@ -157,7 +157,7 @@ struct LearnCommand: ParsableCommand {
 
             var evalReport: [String: Double]?
             if let eval {
-                let evalRows = try base.rows(path: eval, template: model.template, seqLen: model.seqLen, limit: evalLimit)
+                let evalRows = try base.rows(path: eval, format: model.format, seqLen: model.seqLen, limit: evalLimit)
                 let n = engine.maskedLayers.count
                 let masked = try evaluateWithProgress(engine, rows: evalRows, gamma: MaskObjective.gamma(state.scores), label: "eval")
                 let full = try evaluateWithProgress(engine, rows: evalRows, gamma: [Float](repeating: 1, count: n), label: "eval γ=1")
@@ -167,7 +167,7 @@ struct LearnCommand: ParsableCommand {
             }
 
             var objective = Ranking.Objective(lambda: lambda, sInit: sInit, lr: lr, steps: steps, batch: batch,
-                                              seqLen: model.seqLen, seed: seed, template: model.template.rawValue)
+                                              seqLen: model.seqLen, seed: seed, template: model.format.description)
             objective.stableSteps = stableSteps
             objective.stoppedAt = stoppedAt
             if model.precision != .float32 { objective.precision = model.precision.rawValue }

@@ -7,9 +7,42 @@ import ILAModel
 import ILAEngine
 import ILARanking
 
-extension PromptTemplate: ExpressibleByArgument {}
+extension PromptTemplate: ExpressibleByArgument {
+    public static var allValueStrings: [String] { allNames }
+}
+extension TrainOn: ExpressibleByArgument {}
 extension GEMMBackend: ExpressibleByArgument {}
 extension GEMMPrecision: ExpressibleByArgument {}
+
+/// The data options every command that reads rows shares (eval, learn, bench, tokenize).
+struct DataFormatOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("Prompt template: \(PromptTemplate.allNames.joined(separator: ", ")). `model` is the tokenizer's own chat template (tokenizer_config.json's chat_template or chat_template.jinja), rendered as transformers' apply_chat_template renders it. Default: model for messages rows when the tokenizer has a chat template, alpaca otherwise.",
+                               valueName: "name"))
+    var template: PromptTemplate?
+
+    @Option(name: .customLong("train-on"),
+            help: ArgumentHelp("Which assistant turns of a chat carry labels: last (the last assistant turn) or all-assistant (every assistant turn, by prefix differences of the chat template; needs --template model for rows with several assistant turns).",
+                               valueName: "turns"))
+    var trainOn: TrainOn = .last
+
+    @Option(name: .customLong("chat-template-kwargs"),
+            help: ArgumentHelp("A JSON object of extra chat-template variables, as apply_chat_template's keyword arguments, e.g. '{\"enable_thinking\": false}'. A row's own chat_template_kwargs win.",
+                               valueName: "json"))
+    var chatTemplateKwargs: String?
+
+    func validate() throws { _ = try format() }
+
+    func format() throws -> DataFormat {
+        var kwargs: [String: JValue] = [:]
+        if let text = chatTemplateKwargs {
+            guard case .dict(let d)? = try? JValue.parseJSON(Array(text.utf8)) else {
+                throw ValidationError("--chat-template-kwargs must be a JSON object, e.g. '{\"enable_thinking\": false}'")
+            }
+            for (k, v) in d.pairs { kwargs[k] = v }
+        }
+        return DataFormat(template: template, trainOn: trainOn, templateKwargs: kwargs)
+    }
+}
 
 /// Options every model-running subcommand shares.
 struct ModelDataOptions: ParsableArguments {
@@ -22,8 +55,7 @@ struct ModelDataOptions: ParsableArguments {
     @Option(help: "Instruction data, JSONL (alpaca, messages, prompt/response or input_ids/labels rows).")
     var data: String
 
-    @Option(help: "Prompt template: \(PromptTemplate.allCases.map(\.rawValue).joined(separator: ", ")).")
-    var template: PromptTemplate = .alpaca
+    @OptionGroup var dataFormat: DataFormatOptions
 
     @Option(name: .customLong("seq-len"), help: "Truncate each row to this many tokens.")
     var seqLen: Int = 256
@@ -43,7 +75,10 @@ struct ModelDataOptions: ParsableArguments {
 
     var gemmOptions: GEMMOptions { GEMMOptions(backend: gemm, precision: precision) }
 
+    var format: DataFormat { (try? dataFormat.format()) ?? DataFormat(template: dataFormat.template, trainOn: dataFormat.trainOn) }
+
     func validate() throws {
+        try dataFormat.validate()
         if seqLen < 2 { throw ValidationError("--seq-len must be at least 2") }
         if let m = maxMemory, MemoryPlan.parseSize(m) == nil {
             throw ValidationError("--max-memory \(m) is not a size (e.g. 16G, 12GiB, 800M)")

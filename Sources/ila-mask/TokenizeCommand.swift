@@ -19,7 +19,8 @@ struct TokenizeCommand: ParsableCommand {
           --texts F   F holds one JSON string per line; prints one JSON array of ids per
                       line, in order (for comparing with other tools)
           --data D    JSONL rows as `ila-mask learn` and `eval` see them: BOS + prompt +
-                      response + EOS under --template, BOS/EOS from tokenizer_config.json /
+                      response + EOS under --template (with --template model, the
+                      chat template's text as it is, labels on the trained turns), BOS/EOS from tokenizer_config.json /
                       config.json when present. The human view shows every token as
                       spelling(id, label), response tokens (label = id) in green on a
                       terminal, prompt tokens with label -100; --json prints one
@@ -49,8 +50,7 @@ struct TokenizeCommand: ParsableCommand {
                                valueName: "file"))
     var data: String?
 
-    @Option(help: "With --data: the prompt template, one of \(PromptTemplate.allCases.map(\.rawValue).joined(separator: ", ")). Example: --template llama3")
-    var template: PromptTemplate = .alpaca
+    @OptionGroup var dataFormat: DataFormatOptions
 
     @Option(help: "With --data: only the first N rows. Example: --limit 5")
     var limit: Int?
@@ -113,8 +113,9 @@ struct TokenizeCommand: ParsableCommand {
             } else if let data {
                 let (tok, folder) = try load()
                 let special = try SpecialTokens.resolve(directory: folder, tokenizer: tok)
-                let rows = try loadInstructionRows(path: data, template: template, tokenizer: tok, special: special,
-                                                   seqLen: seqLen ?? Int.max, limit: limit)
+                let chat = try ModelChatTemplate.load(directory: folder)
+                let rows = try loadInstructionRows(path: data, format: try dataFormat.format(), chat: chat, tokenizer: tok,
+                                                   special: special, seqLen: seqLen ?? Int.max, limit: limit)
                 if json {
                     let out = rows.map { "{\"ids\":\(Self.idList($0.ids)),\"labels\":\(Self.idList($0.labels))}" }
                     printOut(out.joined(separator: "\n"))

@@ -25,8 +25,18 @@ import Darwin
 ///
 /// A turn-end marker (`<|im_end|>`, `<|eot_id|>`) is left out of the response when it is the
 /// EOS token itself, which is appended anyway.
+///
+/// - `model`: the tokenizer's own chat template (tokenizer_config.json's `chat_template` or
+///   chat_template.jinja), rendered as transformers' `apply_chat_template` renders it; see
+///   `ChatRowBuilder` (ChatData.swift). Nothing is added around the rendered text.
 public enum PromptTemplate: String, CaseIterable, Sendable {
-    case alpaca, chatml, llama2, llama3, mistral
+    case alpaca, chatml, llama2, llama3, mistral, model
+
+    /// The hand-written templates, which need nothing but a tokenizer. `model` is left out: it
+    /// needs the tokenizer's chat template and is chosen by name (`PromptTemplate(rawValue:)`).
+    public static var allCases: [PromptTemplate] { [.alpaca, .chatml, .llama2, .llama3, .mistral] }
+    /// Every template name, `model` included.
+    public static var allNames: [String] { allCases.map(\.rawValue) + [PromptTemplate.model.rawValue] }
 }
 
 extension TokenizedRow {
@@ -63,11 +73,23 @@ extension TokenizedRow {
 /// that many rows. Errors name the file and line: `train.jsonl:17: not valid JSON`.
 public func loadInstructionRows(path: String, template: PromptTemplate, tokenizer: Tokenizer,
                                 special: SpecialTokens, seqLen: Int, limit: Int?) throws -> [TokenizedRow] {
+    try loadInstructionRows(path: path, format: DataFormat(template: template), chat: nil, tokenizer: tokenizer,
+                            special: special, seqLen: seqLen, limit: limit)
+}
+
+/// Reads and tokenizes the JSONL rows of `path` under `format`; `chat` is the tokenizer's chat
+/// template (for `--template model`, and the default for `messages` rows when present).
+public func loadInstructionRows(path: String, format: DataFormat, chat: ModelChatTemplate?, tokenizer: Tokenizer,
+                                special: SpecialTokens, seqLen: Int, limit: Int?) throws -> [TokenizedRow] {
     guard seqLen >= 1 else { throw ILAError("sequence length must be at least 1, not \(seqLen)") }
     if let limit, limit < 1 { throw ILAError("row limit must be at least 1, not \(limit)") }
     let name = path
     let reader = try LineReader(path: path)
-    let renderer = TemplateRenderer(template: template, tokenizer: tokenizer, special: special)
+    if format.template == .model && chat == nil {
+        throw ILAError("--template model: the tokenizer has no chat template (no chat_template in tokenizer_config.json, no chat_template.jinja)")
+    }
+    let chatRows = try chat.map { try ChatRowBuilder(chat: $0, tokenizer: tokenizer, trainOn: format.trainOn, kwargs: format.templateKwargs) }
+    let renderer = TemplateRenderer(template: format.template ?? .alpaca, tokenizer: tokenizer, special: special)
     var rows: [TokenizedRow] = []
     var lineNumber = 0
     while let line = try reader.next() {
@@ -82,7 +104,16 @@ public func loadInstructionRows(path: String, template: PromptTemplate, tokenize
         }
         guard let dict = object as? [String: Any] else { throw ILAError(file: at, "row is not a JSON object") }
         do {
-            rows.append(try renderer.row(dict, seqLen: seqLen))
+            let useModel = format.template == .model || (format.template == nil && dict["messages"] != nil && chatRows != nil)
+            if useModel, let chatRows, dict["input_ids"] == nil && dict["labels"] == nil {
+                rows.append(try chatRows.row(line: line, object: dict, seqLen: seqLen))
+            } else {
+                if format.trainOn == .allAssistant, let m = dict["messages"] as? [Any],
+                   m.filter({ (($0 as? [String: Any])?["role"] as? String) == "assistant" }).count > 1 {
+                    throw RowProblem("--train-on all-assistant needs --template model (the row has several assistant turns and template \(format.template?.rawValue ?? "alpaca") labels only the last)")
+                }
+                rows.append(try renderer.row(dict, seqLen: seqLen))
+            }
         } catch let p as RowProblem {
             throw ILAError(file: at, p.message)
         }
@@ -218,6 +249,7 @@ struct TemplateRenderer {
             }
             return TokenizedRow(ids: Array(ids.prefix(seqLen)), labels: Array(labels.prefix(seqLen)))
         case .text(let c):
+            guard template != .model else { throw RowProblem("--template model needs the tokenizer's chat template") }
             let (prompt, response) = render(c)
             return TokenizedRow(promptIDs: tokenizer.encode(prompt), responseIDs: tokenizer.encode(response),
                                 special: special, seqLen: seqLen)
@@ -283,6 +315,8 @@ struct TemplateRenderer {
                 p += template == .llama2 ? "[INST] <<SYS>>\n" + s + "\n<</SYS>>\n\n [/INST]" : "[INST] " + s + " [/INST]"
             }
             return (p, c.response)
+        case .model:
+            return ("", c.response)
         }
     }
 }
