@@ -53,27 +53,13 @@ func serialGEMM(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: I
     BLAS.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a, lda: lda, b, ldb: ldb, beta: beta, c, ldc: ldc)
 }
 
-/// A growable buffer of bfloat16 bit patterns.
-final class BF16Buffer {
-    private(set) var p: UnsafeMutablePointer<UInt16>
+/// A growable buffer (bf16 bit patterns, or the emulated bf16 path's rounded float32 copies).
+final class GrowableBuffer<Element> {
+    private(set) var p: UnsafeMutablePointer<Element>
     private(set) var count: Int
     init() { count = 0; p = .allocate(capacity: 1) }
     deinit { p.deallocate() }
     /// Makes room for n values (contents not kept).
-    func reserve(_ n: Int) {
-        guard n > count else { return }
-        p.deallocate()
-        p = .allocate(capacity: n)
-        count = n
-    }
-}
-
-/// A growable float32 buffer (the emulated bf16 path's rounded copies).
-final class GrowableFloats {
-    private(set) var p: UnsafeMutablePointer<Float>
-    private(set) var count: Int
-    init() { count = 0; p = .allocate(capacity: 1) }
-    deinit { p.deallocate() }
     func reserve(_ n: Int) {
         guard n > count else { return }
         p.deallocate()
@@ -131,9 +117,9 @@ final class GEMMSeam: @unchecked Sendable {
     let nativeBF16: Bool
     /// float32 tile scratch: bf16/f16 weights and W0 + γΔ widened a tile of rows at a time.
     let tile: FloatBuffer
-    private let tileBF16 = BF16Buffer()
-    private let inputA = BF16Buffer(), inputB = BF16Buffer()
-    private let roundedA = GrowableFloats(), roundedB = GrowableFloats()
+    private let tileBF16 = GrowableBuffer<UInt16>()
+    private let inputA = GrowableBuffer<UInt16>(), inputB = GrowableBuffer<UInt16>()
+    private let roundedA = GrowableBuffer<Float>(), roundedB = GrowableBuffer<Float>()
     private var warned = false
 
     init(_ options: GEMMOptions, tileFloats: Int) {
