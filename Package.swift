@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Pipeline: checkpoint → deltas (Diff) → model description (Model) → engine (Engine) →
-// mask and scores (Mask) → ranking and exports (Ranking) → transfer (Transfer).
+// mask and scores (Mask) → ranking and exports (Ranking) → transfer (Transfer) → tune (Tune).
 // Ranking, exports and transfer depend on neither the engine nor the tokenizer.
 let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
 // Optimised in every configuration (the test suite runs debug builds over real checkpoints);
@@ -16,6 +16,7 @@ let package = Package(
         .executable(name: "ila-diff", targets: ["ila-diff"]),
         .executable(name: "ila-mask", targets: ["ila-mask"]),
         .executable(name: "ila-transfer", targets: ["ila-transfer"]),
+        .executable(name: "ila-tune", targets: ["ila-tune"]),
         // For the fuzz harnesses (fuzz/Package.swift depends on this package by path).
         .library(name: "ILADiff", targets: ["ILADiff"]),
         .library(name: "ILAModel", targets: ["ILAModel"]),
@@ -54,14 +55,25 @@ let package = Package(
         .target(name: "ILARanking", dependencies: ["ILADiff"], path: "Sources/Ranking"),
         // ranking transfer across models
         .target(name: "ILATransfer", dependencies: ["ILADiff", "ILARanking"], path: "Sources/Transfer"),
+        // LoRA fine-tuning (stage 1, and tuning only the selected layers): AdamW, schedules, adapters
+        .target(name: "ILATune", dependencies: ["ILADiff", "ILAModel", "ILAEngine", "ILAMask", "ILARanking"],
+                path: "Sources/Tune", swiftSettings: optimized),
 
         // exit codes and error lines shared by the three commands
         .target(name: "ILACommandLine", dependencies: ["ILADiff", argumentParser], path: "Sources/CLI"),
+        // the model and data options of the commands that run the model (ila-mask, ila-tune)
+        .target(name: "ILACommandOptions", dependencies: ["ILADiff", "ILAModel", "ILAEngine", "ILAMask", "ILACommandLine", argumentParser],
+                path: "Sources/CommandOptions"),
         .executableTarget(name: "ila-diff", dependencies: ["ILADiff", "ILACommandLine", argumentParser],
                           path: "Sources/ila-diff"),
         .executableTarget(name: "ila-mask", dependencies: [
-            "ILADiff", "ILABLAS", "ILAModel", "ILAEngine", "ILAMask", "ILARanking", "ILACommandLine", argumentParser],
+            "ILADiff", "ILABLAS", "ILAModel", "ILAEngine", "ILAMask", "ILARanking", "ILACommandLine", "ILACommandOptions",
+            argumentParser],
             path: "Sources/ila-mask"),
+        .executableTarget(name: "ila-tune", dependencies: [
+            "ILADiff", "ILAModel", "ILAEngine", "ILAMask", "ILARanking", "ILATune", "ILACommandLine", "ILACommandOptions",
+            argumentParser],
+            path: "Sources/ila-tune"),
         .executableTarget(name: "ila-transfer", dependencies: [
             "ILADiff", "ILARanking", "ILATransfer", "ILACommandLine", argumentParser],
             path: "Sources/ila-transfer"),
@@ -71,6 +83,8 @@ let package = Package(
         .testTarget(name: "DiffTests", dependencies: ["ILADiff", "ILABLAS", "ILATestSupport"], path: "Tests/DiffTests"),
         .testTarget(name: "MaskTests", dependencies: ["ILADiff", "ILAModel", "ILAEngine", "ILAMask", "ILARanking", "ILATestSupport"],
                     path: "Tests/MaskTests"),
+        .testTarget(name: "TuneTests", dependencies: ["ILADiff", "ILAModel", "ILAEngine", "ILAMask", "ILARanking", "ILATune", "ILATestSupport"],
+                    path: "Tests/TuneTests"),
         .testTarget(name: "TransferTests", dependencies: ["ILADiff", "ILARanking", "ILATransfer", "ILATestSupport"],
                     path: "Tests/TransferTests"),
     ]

@@ -10,6 +10,32 @@ enum MaskedUpdate {
     case full(delta: WeightMatrix)
     /// Δ = scale · B·A, A [r, in], B [out, r]; never materialised.
     case lora(a: FloatBuffer, b: FloatBuffer, rank: Int, scale: Float)
+
+    /// A delta file's layer; a dense Δ whose values are float16 already (`half`) stays float16.
+    init(delta d: LayerDelta, half: Bool) {
+        switch d.payload {
+        case .full(let delta):
+            self = .full(delta: half
+                ? WeightMatrix(halfBits: delta.map { Float16($0).bitPattern }, precision: .float16, rows: d.outFeatures, cols: d.inFeatures)
+                : WeightMatrix(float32: delta, rows: d.outFeatures, cols: d.inFeatures))
+        case .factors(let a, let b, let r, let scale):
+            self = .lora(a: FloatBuffer(a), b: FloatBuffer(b), rank: r, scale: scale)
+        }
+    }
+
+    var outFeatures: Int {
+        switch self {
+        case .full(let d): return d.rows
+        case .lora(_, let b, let r, _): return r > 0 ? b.count / r : 0
+        }
+    }
+
+    var inFeatures: Int {
+        switch self {
+        case .full(let d): return d.cols
+        case .lora(let a, _, let r, _): return r > 0 ? a.count / r : 0
+        }
+    }
 }
 
 /// Activations of one micro-batch, sized up front for `capacity` tokens (llm.c style). With
@@ -146,6 +172,11 @@ public final class TransformerEngine: @unchecked Sendable {
     /// Bytes of the largest activation set allocated so far.
     public private(set) var activationBytesAllocated = 0
 
+    /// The LoRA tensors being trained (ila-tune): masked layer i is `trainable.layers[i]`, its
+    /// factors are read from the table in place, and `gradient` adds dΣNLL/dA, dΣNLL/dB into
+    /// the table's gradients (which the caller zeroes).
+    public let trainable: LoRAParameters?
+
     /// Activation checkpointing: the backward pass keeps only each block's input and recomputes
     /// the block's activations (one more forward, a block's activations instead of all of them).
     public var recompute = false
@@ -170,9 +201,21 @@ public final class TransformerEngine: @unchecked Sendable {
     ///   - gemm: the GEMM backend and the precision of the large GEMMs' inputs.
     public convenience init(weights: ModelWeights, deltas: [LayerDelta], maxSequenceLength: Int = 4096, tokenBudget: Int? = nil,
                             activationMemory: Int = 2 << 30, tileFloats: Int = 1 << 22, gemm: GEMMOptions = GEMMOptions()) throws {
-        try self.init(weights: weights, layers: deltas.map(\.layer), load: { i, _ in (deltas[i], false) },
+        try self.init(weights: weights, layers: deltas.map(\.layer), load: { i, _ in MaskedUpdate(delta: deltas[i], half: false) },
                       maxSequenceLength: maxSequenceLength, tokenBudget: tokenBudget, activationMemory: activationMemory,
                       tileFloats: tileFloats, gemm: gemm)
+    }
+
+    /// The engine for LoRA training: every layer of `parameters` is adapted with its factors
+    /// (read in place, so an optimizer step on the table is seen by the next run), γ = 1.
+    public convenience init(weights: ModelWeights, training parameters: LoRAParameters, maxSequenceLength: Int = 4096,
+                            tokenBudget: Int? = nil, activationMemory: Int = 2 << 30, tileFloats: Int = 1 << 22,
+                            gemm: GEMMOptions = GEMMOptions()) throws {
+        for l in parameters.layers where l.rank < 1 { throw ILAError("LoRA layer \(l.layer.name): rank \(l.rank) must be at least 1") }
+        try self.init(weights: weights, layers: parameters.layers.map(\.layer), load: { i, _ in
+            .lora(a: parameters.a(i), b: parameters.b(i), rank: parameters.layers[i].rank, scale: parameters.layers[i].scale)
+        }, trainable: parameters, maxSequenceLength: maxSequenceLength, tokenBudget: tokenBudget,
+                      activationMemory: activationMemory, tileFloats: tileFloats, gemm: gemm)
     }
 
     /// The engine with the deltas of a store (in its canonical order), loaded one layer at a time
@@ -181,27 +224,27 @@ public final class TransformerEngine: @unchecked Sendable {
     public convenience init(weights: ModelWeights, store: DeltaStore, maxSequenceLength: Int = 4096, tokenBudget: Int? = nil,
                             activationMemory: Int = 2 << 30, tileFloats: Int = 1 << 22, gemm: GEMMOptions = GEMMOptions()) throws {
         try self.init(weights: weights, layers: store.layers, load: { _, layer in
-            do { return (try store.delta(layer), store.layerInfo(layer)?.dtype == "float16") }
+            do { return MaskedUpdate(delta: try store.delta(layer), half: store.layerInfo(layer)?.dtype == "float16") }
             catch { throw DeltaLoadError(underlying: error) }
         }, maxSequenceLength: maxSequenceLength, tokenBudget: tokenBudget, activationMemory: activationMemory,
                       tileFloats: tileFloats, gemm: gemm)
     }
 
-    /// `load(i, layer)` gives layer i's delta and whether its dense Δ is to be held as float16
-    /// (its values are float16 already, so narrowing them back is exact).
-    init(weights: ModelWeights, layers: [LinearLayer], load: (Int, LinearLayer) throws -> (LayerDelta, Bool),
+    /// `load(i, layer)` gives layer i's update (`MaskedUpdate(delta:half:)` for a delta file's layers).
+    init(weights: ModelWeights, layers: [LinearLayer], load: (Int, LinearLayer) throws -> MaskedUpdate,
+         trainable: LoRAParameters? = nil,
          maxSequenceLength: Int, tokenBudget: Int?, activationMemory: Int, tileFloats: Int, gemm: GEMMOptions) throws {
         spec = weights.spec
         self.weights = weights
+        self.trainable = trainable
         // The engine splits work across cores itself; OpenBLAS threads would spin against it.
         BLAS.threads = 1
         self.tokenBudget = tokenBudget ?? max(1, min(4096, activationMemory / Self.activationBytesPerToken(weights.spec)))
         self.maxSequenceLength = maxSequenceLength
         var slot = [[LayerKind: Int]](repeating: [:], count: spec.blocks)
         var updates: [MaskedUpdate] = []
-        for (i, layer) in layers.enumerated() {
-            let (d, half) = try load(i, layer)
-            let l = d.layer
+        for (i, l) in layers.enumerated() {
+            let u = try load(i, l)
             guard l.block < spec.blocks else {
                 throw ILAError("delta \(l.name): block \(l.block) but the model has \(spec.blocks) blocks")
             }
@@ -209,19 +252,12 @@ public final class TransformerEngine: @unchecked Sendable {
                 let expected = spec.layerName(block: l.block, kind: l.kind).map { " (the model's layer is \($0))" } ?? ""
                 throw ILAError("delta \(l.name): \(spec.architecture) has no such linear layer\(expected); its kinds are \(spec.kinds.map(\.rawValue).joined(separator: " "))")
             }
-            guard d.outFeatures == s.out, d.inFeatures == s.in else {
-                throw ILAError("delta \(l.name): shape \(d.shape) but the model's layer is [\(s.out), \(s.in)]")
+            guard u.outFeatures == s.out, u.inFeatures == s.in else {
+                throw ILAError("delta \(l.name): shape [\(u.outFeatures), \(u.inFeatures)] but the model's layer is [\(s.out), \(s.in)]")
             }
             guard slot[l.block][l.kind] == nil else { throw ILAError("delta \(l.name) given twice") }
             slot[l.block][l.kind] = i
-            switch d.payload {
-            case .full(let delta):
-                updates.append(.full(delta: half
-                    ? WeightMatrix(halfBits: delta.map { Float16($0).bitPattern }, precision: .float16, rows: d.outFeatures, cols: d.inFeatures)
-                    : WeightMatrix(float32: delta, rows: d.outFeatures, cols: d.inFeatures)))
-            case .factors(let a, let b, let r, let scale):
-                updates.append(.lora(a: FloatBuffer(a), b: FloatBuffer(b), rank: r, scale: scale))
-            }
+            updates.append(u)
         }
         self.slot = slot
         self.updates = updates
@@ -361,6 +397,11 @@ public final class TransformerEngine: @unchecked Sendable {
             dGamma[i] += Double(scale) * Double(BLAS.dot(T * r, v.p, u.p))
             let g = currentGamma[i]
             if g != 0 { gemm.gemm(m: T, n: I, k: r, alpha: g * scale, v.p, a.p, beta: 1, dx) }
+            if let trainable, g != 0 {
+                // dB [O, r] += γ·scale·dYᵀ·u; dA [r, I] += γ·scale·vᵀ·x
+                gemm.gemm(transA: true, m: O, n: r, k: T, alpha: g * scale, dy, lda: ldOut, u.p, beta: 1, trainable.gradB(i).p)
+                gemm.gemm(transA: true, m: r, n: I, k: T, alpha: g * scale, v.p, x, beta: 1, trainable.gradA(i).p)
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ILACommandLine
+import ILACommandOptions
 import ILADiff
 import ILAMask
 import ILAModel

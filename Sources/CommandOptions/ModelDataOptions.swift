@@ -5,7 +5,6 @@ import ILADiff
 import ILAMask
 import ILAModel
 import ILAEngine
-import ILARanking
 
 extension PromptTemplate: ExpressibleByArgument {
     public static var allValueStrings: [String] { allNames }
@@ -14,25 +13,27 @@ extension TrainOn: ExpressibleByArgument {}
 extension GEMMBackend: ExpressibleByArgument {}
 extension GEMMPrecision: ExpressibleByArgument {}
 
-/// The data options every command that reads rows shares (eval, learn, bench, tokenize).
-struct DataFormatOptions: ParsableArguments {
+/// The data options every command that reads rows shares (eval, learn, bench, tokenize, ila-tune).
+public struct DataFormatOptions: ParsableArguments {
+    public init() {}
+
     @Option(help: ArgumentHelp("Prompt template: \(PromptTemplate.allNames.joined(separator: ", ")). `model` is the tokenizer's own chat template (tokenizer_config.json's chat_template or chat_template.jinja), rendered as transformers' apply_chat_template renders it. Default: model for messages rows when the tokenizer has a chat template, alpaca otherwise.",
                                valueName: "name"))
-    var template: PromptTemplate?
+    public var template: PromptTemplate?
 
     @Option(name: .customLong("train-on"),
             help: ArgumentHelp("Which assistant turns of a chat carry labels: last (the last assistant turn) or all-assistant (every assistant turn, by prefix differences of the chat template; needs --template model for rows with several assistant turns).",
                                valueName: "turns"))
-    var trainOn: TrainOn = .last
+    public var trainOn: TrainOn = .last
 
     @Option(name: .customLong("chat-template-kwargs"),
             help: ArgumentHelp("A JSON object of extra chat-template variables, as apply_chat_template's keyword arguments, e.g. '{\"enable_thinking\": false}'. A row's own chat_template_kwargs win.",
                                valueName: "json"))
-    var chatTemplateKwargs: String?
+    public var chatTemplateKwargs: String?
 
-    func validate() throws { _ = try format() }
+    public func validate() throws { _ = try format() }
 
-    func format() throws -> DataFormat {
+    public func format() throws -> DataFormat {
         var kwargs: [String: JValue] = [:]
         if let text = chatTemplateKwargs {
             guard case .dict(let d)? = try? JValue.parseJSON(Array(text.utf8)) else {
@@ -45,39 +46,41 @@ struct DataFormatOptions: ParsableArguments {
 }
 
 /// Options every model-running subcommand shares.
-struct ModelDataOptions: ParsableArguments {
+public struct ModelDataOptions: ParsableArguments {
+    public init() {}
+
     @Option(help: "The base model directory (config.json, safetensors, tokenizer.json).")
-    var base: String
+    public var base: String
 
     @Option(help: "The deltas written by ila-diff (HDF5).")
-    var deltas: String?
+    public var deltas: String?
 
     @Option(help: "Instruction data, JSONL (alpaca, messages, prompt/response or input_ids/labels rows).")
-    var data: String
+    public var data: String
 
-    @OptionGroup var dataFormat: DataFormatOptions
+    @OptionGroup public var dataFormat: DataFormatOptions
 
     @Option(name: .customLong("seq-len"), help: "Truncate each row to this many tokens.")
-    var seqLen: Int = 256
+    public var seqLen: Int = 256
 
     @Option(name: .customLong("max-memory"),
             help: "Memory the run may use, e.g. 16G or 12GiB (default: what the machine has available). The micro-batch shrinks to fit; a run that cannot fit is refused before loading.")
-    var maxMemory: String?
+    public var maxMemory: String?
 
     @Option(help: "GEMM library: auto (oneDNN where the CPU has AVX-512, else OpenBLAS), openblas or onednn.")
-    var gemm: GEMMBackend = .auto
+    public var gemm: GEMMBackend = .auto
 
     @Option(help: "Inputs of the large GEMMs: float32 (exact against PyTorch) or bf16 (rounded to bfloat16, float32 accumulation; fast where the CPU has bf16 GEMMs).")
-    var precision: GEMMPrecision = .float32
+    public var precision: GEMMPrecision = .float32
 
     @Flag(help: "Recompute each block's activations in the backward pass instead of keeping them (less memory, one more forward; chosen by itself when one row does not fit otherwise).")
-    var recompute = false
+    public var recompute = false
 
-    var gemmOptions: GEMMOptions { GEMMOptions(backend: gemm, precision: precision) }
+    public var gemmOptions: GEMMOptions { GEMMOptions(backend: gemm, precision: precision) }
 
-    var format: DataFormat { (try? dataFormat.format()) ?? DataFormat(template: dataFormat.template, trainOn: dataFormat.trainOn) }
+    public var format: DataFormat { (try? dataFormat.format()) ?? DataFormat(template: dataFormat.template, trainOn: dataFormat.trainOn) }
 
-    func validate() throws {
+    public func validate() throws {
         try dataFormat.validate()
         if seqLen < 2 { throw ValidationError("--seq-len must be at least 2") }
         if let m = maxMemory, MemoryPlan.parseSize(m) == nil {
@@ -87,7 +90,7 @@ struct ModelDataOptions: ParsableArguments {
 
     /// Loads the base model and the deltas (in the store's canonical order) into an engine,
     /// after the memory plan says they fit.
-    func loadEngine(requireDeltas: Bool, gradient: Bool = false) throws -> (BaseModel, TransformerEngine, DeltaStore?, MemoryPlan) {
+    public func loadEngine(requireDeltas: Bool, gradient: Bool = false) throws -> (BaseModel, TransformerEngine, DeltaStore?, MemoryPlan) {
         if requireDeltas && deltas == nil { throw ILAError("--deltas is required") }
         let store = try deltas.map { try DeltaStore(path: $0) }
         var tokenBudget = 4096
@@ -118,13 +121,13 @@ struct ModelDataOptions: ParsableArguments {
 }
 
 /// `--json`'s memory report: what the plan said for the micro-batches that ran, and the peak.
-func memoryReport(_ plan: MemoryPlan, _ engine: TransformerEngine) -> [String: Int] {
+public func memoryReport(_ plan: MemoryPlan, _ engine: TransformerEngine) -> [String: Int] {
     ["planned_bytes": plan.total(tokens: engine.largestMicroBatch), "peak_rss_bytes": MemoryPlan.peakResidentBytes(),
      "recompute": plan.recompute ? 1 : 0]
 }
 
 /// Runs the engine over rows in chunks, with a progress bar on a terminal.
-func evaluateWithProgress(_ engine: TransformerEngine, rows: [TokenizedRow], gamma: [Float], label: String) throws -> EngineResult {
+public func evaluateWithProgress(_ engine: TransformerEngine, rows: [TokenizedRow], gamma: [Float], label: String) throws -> EngineResult {
     let chunk = 16
     let progress = ProgressBar(total: rows.count, label: label)
     var total = EngineResult(nllSum: 0, tokens: 0, rows: 0, dNllSumDGamma: [])
