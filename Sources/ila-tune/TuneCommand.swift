@@ -283,8 +283,16 @@ struct TuneCommand: ParsableCommand {
                 }
             }
 
-            let rows = try model.rows(path: data, format: format, seqLen: seqLen, limit: limit)
-            guard !rows.isEmpty else { throw ILAError(file: data, "holds no rows") }
+            let allRows = try model.rows(path: data, format: format, seqLen: seqLen, limit: limit)
+            guard !allRows.isEmpty else { throw ILAError(file: data, "holds no rows") }
+            // A row whose response is cut off entirely by --seq-len adds nothing to any step.
+            let rows = allRows.filter { r in r.labels.dropFirst().contains { $0 != -100 } }
+            guard !rows.isEmpty else {
+                throw ILAError(file: data, "no row has a response token within --seq-len \(seqLen)")
+            }
+            if rows.count < allRows.count {
+                FileHandle.standardError.write(Data("note: \(data): \(allRows.count - rows.count) of \(allRows.count) rows have no response token within --seq-len \(seqLen); they are left out\n".utf8))
+            }
             let evalRows = try eval.map { try model.rows(path: $0, format: format, seqLen: seqLen, limit: evalLimit) }
             let plan = BatchPlan(rows: rows.count, rowsPerStep: options.rowsPerStep, order: order, seed: seed)
             options.steps = steps ?? plan.steps(epochs: epochs ?? 1)
