@@ -312,6 +312,7 @@ struct TuneCommand: ParsableCommand {
             let progressBar = ProgressBar(total: total, label: "tune")
             var tokensDone = 0
             let loopStart = Date()
+            var loopSeconds = 0.0
             func evaluateHeldOut() throws {
                 guard let evalRows else { return }
                 let r = try tuner.evaluate(evalRows)
@@ -342,10 +343,11 @@ struct TuneCommand: ParsableCommand {
                 }
             }
             progressBar.finish()
+            loopSeconds = Date().timeIntervalSince(loopStart)
             if tuner.progress.evals.last?.step != tuner.progress.step { try evaluateHeldOut() }
             try write(outputPath, tuner: tuner, selected: selected, spec: spec, seconds: Date().timeIntervalSince(started))
             unlink(statePath)
-            report(tuner, seconds: Date().timeIntervalSince(started))
+            report(tuner, seconds: Date().timeIntervalSince(started), loopSeconds: loopSeconds)
         }
     }
 
@@ -425,13 +427,13 @@ struct TuneCommand: ParsableCommand {
         return try JSONSerialization.data(withJSONObject: log, options: [.prettyPrinted, .sortedKeys])
     }
 
-    func report(_ tuner: Tuner, seconds: Double) {
+    func report(_ tuner: Tuner, seconds: Double, loopSeconds: Double) {
         let p = tuner.progress
         let tokens = p.log.map(\.tokens).reduce(0, +)
         if json {
             var o: [String: Any] = ["output": outputPath, "steps": p.step, "of": p.options.steps, "layers": p.layers.count,
                                     "trainable_parameters": tuner.parameters.parameterCount, "seconds": seconds,
-                                    "final_loss": p.log.last?.loss ?? Double.nan, "tokens": tokens,
+                                    "train_seconds": loopSeconds, "final_loss": p.log.last?.loss ?? Double.nan, "tokens": tokens,
                                     "peak_rss_bytes": MemoryPlan.peakResidentBytes()]
             if let s = p.stableAt { o["stable_at"] = s }
             if let e = p.evals.last { o["eval_nll"] = e.nll }
