@@ -5,7 +5,8 @@ in reference.json, the final factors in reference_final.safetensors).
 
 The run is what `ila-tune --order file --init ADAPTER` does: step k takes rows
 [k*B*G, (k+1)*B*G) of the file in order, the loss is the mean NLL over every response token of
-those rows (token-weighted over all G micro-batches), each row its own sequence.
+those rows (token-weighted over all G micro-batches), each row its own sequence; rows whose
+response seq_len cuts off entirely are left out first, as ila-tune leaves them out.
 
     python3 bench/tune_reference.py            # rewrites fixtures/tune/
 """
@@ -32,7 +33,9 @@ def alpaca_rows(path, tok, bos, eos, seq_len, limit):
         r = tok(o["output"], add_special_tokens=False).input_ids
         ids = ([bos] + p + r + [eos])[:seq_len]
         labels = ([-100] * (1 + len(p)) + r + [eos])[:seq_len]
-        rows.append((ids, labels))
+        # As ila-tune: a row whose response is cut off entirely by seq_len is left out.
+        if any(t != -100 for t in labels[1:]):
+            rows.append((ids, labels))
         if len(rows) == limit:
             break
     return rows

@@ -67,7 +67,7 @@ struct TuneCommand: ParsableCommand {
     @Flag(help: "rsLoRA: scale alpha/√r.")
     var rslora = false
 
-    @Option(help: "Start from this PEFT adapter's factors (and its r, alpha, rsLoRA) instead of PEFT's default initialisation.")
+    @Option(name: .customLong("init"), help: "Start from this PEFT adapter's factors (and its r, alpha, rsLoRA) instead of PEFT's default initialisation.")
     var initAdapter: String?
 
     @Option(help: "Peak learning rate.")
@@ -153,7 +153,7 @@ struct TuneCommand: ParsableCommand {
         if let r, r < 1 { throw ValidationError("--r must be at least 1") }
         if let alpha, !(alpha > 0 && alpha.isFinite) { throw ValidationError("--alpha must be positive") }
         if initAdapter != nil && (r != nil || alpha != nil || rslora) {
-            throw ValidationError("--init-adapter brings its own r, alpha and rsLoRA; do not give --r, --alpha or --rslora with it")
+            throw ValidationError("--init brings its own r, alpha and rsLoRA; do not give --r, --alpha or --rslora with it")
         }
         if !(lr > 0 && lr.isFinite) { throw ValidationError("--lr must be positive") }
         if !(warmup >= 0 && warmup.isFinite) { throw ValidationError("--warmup must be 0 or more") }

@@ -198,7 +198,7 @@ final class TuneCommandTests: XCTestCase {
             .write(to: URL(fileURLWithPath: foreign))
         let cases: [([String], String)] = [
             (["--steps", "2", "--layers", "nothing\\.matches"], "matches none"),
-            (["--steps", "2", "--init-adapter", "\(tiny)/lora-pyapi", "--layers", ".*"], ""),
+            (["--steps", "2", "--init", "\(tiny)/lora-pyapi", "--layers", ".*"], ""),
             (["--steps", "2", "--resume"], "no saved state"),
             (["--steps", "2", "--select", "\(tiny)/lora-pyapi/adapter_config.json"], "not an ila-selection"),
             (["--steps", "2", "--ranking", "\(tmp.path("missing.json"))", "--top", "0.3"], "missing.json"),
@@ -207,7 +207,7 @@ final class TuneCommandTests: XCTestCase {
         ]
         for (args, needle) in cases {
             let r = try tune(out, args)
-            if args.contains("--init-adapter") {
+            if args.contains("--init") {
                 // lora-pyapi adapts every layer: this one must succeed (the control case).
                 XCTAssertEqual(r.status, 0, r.stderr)
                 try? FileManager.default.removeItem(atPath: out)
@@ -226,6 +226,6 @@ final class TuneCommandTests: XCTestCase {
         // Usage errors exit 2.
         XCTAssertEqual(try tune(tmp.path("u"), ["--steps", "2", "--top", "0.3"]).status, 2)
         XCTAssertEqual(try tune(tmp.path("u"), ["--save-at", "0,50"]).status, 2)
-        XCTAssertEqual(try tune(tmp.path("u"), ["--init-adapter", "\(tiny)/lora-pyapi", "--r", "4"]).status, 2)
+        XCTAssertEqual(try tune(tmp.path("u"), ["--init", "\(tiny)/lora-pyapi", "--r", "4"]).status, 2)
     }
 }

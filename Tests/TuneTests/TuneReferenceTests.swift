@@ -17,7 +17,7 @@ final class TuneReferenceTests: XCTestCase {
         let out = tmp.path("adapter")
         let r = try CommandRunner.run("ila-tune", [
             "--base", "\(root)/\(cfg["base"] as! String)", "--data", "\(root)/\(cfg["data"] as! String)",
-            "--init-adapter", "\(root)/\(cfg["init"] as! String)", "-o", out, "--order", "file",
+            "--init", "\(root)/\(cfg["init"] as! String)", "-o", out, "--order", "file",
             "--steps", "\(cfg["steps"] as! Int)", "--batch", "\(cfg["batch"] as! Int)", "--grad-accum", "\(cfg["grad_accum"] as! Int)",
             "--lr", "\(cfg["lr"] as! Double)", "--schedule", cfg["schedule"] as! String, "--warmup", "\(cfg["warmup"] as! Double)",
             "--weight-decay", "\(cfg["weight_decay"] as! Double)", "--seq-len", "\(cfg["seq_len"] as! Int)", "--save-every", "0"])
