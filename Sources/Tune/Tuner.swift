@@ -68,6 +68,12 @@ public final class Tuner {
     public var progress: TuneProgress
     public var options: TuneOptions { progress.options }
 
+    /// Data parallel (DESIGN.md section 12): this process's part of `count` rows of a step
+    /// (contiguous, a rule of the step's rows alone), and the sum over all processes of the
+    /// step's (NLL sum, response tokens, tokens) and gradients. One process: all rows, no sum.
+    public var share: (Int) -> Range<Int> = { 0..<$0 }
+    public var allreduce: ((inout [Double], inout [Float]) throws -> Void)?
+
     public init(engine: TransformerEngine, rows: [TokenizedRow], progress: TuneProgress) throws {
         guard let parameters = engine.trainable else { throw ILAError("the engine has no trainable LoRA tensors") }
         guard !rows.isEmpty else { throw ILAError("no training rows") }
@@ -92,7 +98,8 @@ public final class Tuner {
     @discardableResult
     public func step() throws -> TuneStep {
         let k = progress.step
-        let idx = plan.indices(steps: k..<(k + 1))[0]
+        let stepRows = plan.indices(steps: k..<(k + 1))[0]
+        let idx = Array(stepRows[share(stepRows.count)])
         parameters.zeroGradients()
         var nll = 0.0, lossTokens = 0, tokens = 0
         let ones = gammaOnes
@@ -104,8 +111,20 @@ public final class Tuner {
             lossTokens += r.tokens
             tokens += micro.map(\.ids.count).reduce(0, +)
         }
+        if let allreduce {
+            var sums = [nll, Double(lossTokens), Double(tokens)]
+            var flat = [Float](); flat.reserveCapacity(parameters.parameterCount)
+            for g in parameters.gradients { flat.append(contentsOf: UnsafeBufferPointer(start: g.p, count: g.count)) }
+            try allreduce(&sums, &flat)
+            nll = sums[0]; lossTokens = Int(sums[1]); tokens = Int(sums[2])
+            var at = 0
+            for g in parameters.gradients {
+                flat.withUnsafeBufferPointer { g.p.update(from: $0.baseAddress! + at, count: g.count) }
+                at += g.count
+            }
+        }
         guard lossTokens > 0 else {
-            throw ILAError("step \(k + 1): its \(idx.count) rows have no response tokens (rows \(idx.prefix(4).map { String($0 + 1) }.joined(separator: ", "))…)")
+            throw ILAError("step \(k + 1): its \(stepRows.count) rows have no response tokens (rows \(stepRows.prefix(4).map { String($0 + 1) }.joined(separator: ", "))…)")
         }
         // d(mean NLL) = d(Σ NLL) / tokens
         let inv = Float(1 / Double(lossTokens))
@@ -132,11 +151,18 @@ public final class Tuner {
     public func evaluate(_ rows: [TokenizedRow]) throws -> EngineResult {
         var total = EngineResult(nllSum: 0, tokens: 0, rows: 0, dNllSumDGamma: [])
         let ones = gammaOnes
-        for start in stride(from: 0, to: rows.count, by: 16) {
-            let r = try engine.evaluate(rows: Array(rows[start..<min(start + 16, rows.count)]), gamma: ones)
+        let mine = Array(rows[share(rows.count)])
+        for start in stride(from: 0, to: mine.count, by: 16) {
+            let r = try engine.evaluate(rows: Array(mine[start..<min(start + 16, mine.count)]), gamma: ones)
             total.nllSum += r.nllSum
             total.tokens += r.tokens
             total.rows += r.rows
+        }
+        if let allreduce {
+            var sums = [total.nllSum, Double(total.tokens), Double(total.rows)]
+            var none = [Float]()
+            try allreduce(&sums, &none)
+            total = EngineResult(nllSum: sums[0], tokens: Int(sums[1]), rows: Int(sums[2]), dNllSumDGamma: [])
         }
         return total
     }
