@@ -142,6 +142,10 @@ struct TuneCommand: ParsableCommand {
     @Option(help: "Inputs of the large GEMMs: float32 (exact against PyTorch) or bf16.")
     var precision: GEMMPrecision = .float32
 
+    @Flag(name: .customLong("widen-weights"),
+          help: "Hold bf16/f16 base weights as float32 (twice the memory; no per-GEMM widening, faster where it fits).")
+    var widenWeights = false
+
     @Flag(help: "Recompute each block's activations in the backward pass (less memory, one more forward).")
     var recompute = false
 
@@ -226,10 +230,10 @@ struct TuneCommand: ParsableCommand {
             var planned: MemoryPlan?
             var selected: [LinearLayer] = []
             var initial: LoRAAdapter?
-            let model = try BaseModel(path: base) { checkpoint, spec in
+            let model = try BaseModel(path: base, widenWeights: widenWeights) { checkpoint, spec in
                 selected = try selectLayers(spec)
                 initial = try initAdapter.map { try LoRAAdapter(path: $0) }
-                var plan = MemoryPlan(spec: spec, checkpoint: checkpoint, deltas: nil, gradient: true)
+                var plan = MemoryPlan(spec: spec, checkpoint: checkpoint, deltas: nil, gradient: true, widenWeights: widenWeights)
                 let rank = initial?.config.r ?? r ?? 8
                 plan.deltas += 4 * 4 * selected.reduce(0) { n, l in
                     let s = spec.shape(of: l.kind)!
