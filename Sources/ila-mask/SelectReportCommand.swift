@@ -56,6 +56,9 @@ struct SelectReportCommand: ParsableCommand {
     @Option(name: .customLong("save-rankings"), help: "Write each computed method's ranking.json into this directory (<method>.json).")
     var saveRankings: String?
 
+    @Option(name: .shortAndLong, help: "Also write the report as JSON (the --json shape) to this file.")
+    var output: String?
+
     @Flag(help: "Print the report as JSON: {\"fractions\", \"methods\", \"nll\", \"jaccard\", \"selections\", \"nll_base\", \"nll_all_deltas\", \"random\", …}.")
     var json = false
 
@@ -105,6 +108,7 @@ struct SelectReportCommand: ParsableCommand {
         try runReportingErrors {
             let methods = try methodList, fractions = try fractionList
             if let svg { try AtomicOutput(path: svg).discard() }
+            if let output { try AtomicOutput(path: output).discard() }
             let needsGradient = methods.contains(.taylor) || methods.contains(.ila)
             let (model, engine, store, _) = try loadModelEngine(base: options.base, deltas: options.deltas, seqLen: options.seqLen,
                                                                  maxMemory: options.maxMemory, recompute: false, gemm: options.gemmOptions,
@@ -179,7 +183,7 @@ struct SelectReportCommand: ParsableCommand {
             let report = Report(fractions: fractions, labels: labels, nll: nll, base: none.meanNLL, all: all,
                                 random: randomNLL, jaccard: jaccard, evalRows: none.rows, evalTokens: none.tokens)
             if let svg { try AtomicOutput.write(Data(report.svg().utf8), to: svg) }
-            if json {
+            do {
                 var o: [String: Any] = ["fractions": fractions, "methods": labels, "nll_base": none.meanNLL, "nll_all_deltas": all,
                                         "eval_rows": none.rows, "eval_tokens": none.tokens, "layers": layerNames.count,
                                         "nll": Dictionary(uniqueKeysWithValues: zip(labels, nll)),
@@ -190,9 +194,9 @@ struct SelectReportCommand: ParsableCommand {
                                         "seconds": seconds]
                 if random > 0 { o["random"] = randomNLL; o["random_draws"] = random }
                 if let svg { o["svg"] = svg }
-                printOut(try jsonText(o))
-            } else {
-                printOut(report.text() + (svg.map { "\nwrote \($0)" } ?? ""))
+                let text = try jsonText(o)
+                if let output { try AtomicOutput.write(Data((text + "\n").utf8), to: output) }
+                if json { printOut(text) } else { printOut(report.text() + (svg.map { "\nwrote \($0)" } ?? "")) }
             }
         }
     }
