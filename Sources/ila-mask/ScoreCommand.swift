@@ -241,14 +241,20 @@ struct ScoreCommand: ParsableCommand {
         discussion: """
         Writes a ranking.json like `learn`'s (objective.method names the method), which compare, \
         export, eval --ranking and ila-transfer take as they take ILA's. Higher score = more important:
-          rel-change                ‖Δ_i‖/‖W0_i‖ from deltas.h5 (--deltas)
-          spectrum                  Spectrum's SNR of the base weight (Marchenko–Pastur threshold on its singular values), base only
-          block-influence           ShortGPT: 1 − mean cos(h_in, h_out) of each block on --data, given to all its layers
-          block-influence-sublayer  the same for the attention half (q k v o) and the MLP half (gate up down) of each block
-          angular                   PruneMe: arccos(cos(h_l, h_{l+n}))/π, default n = 1 and the last token of each row
-          taylor                    |∂NLL/∂γ_i| at γ = 1 on --data (one forward and backward pass)
-          ablation                  NLL(γ = 1 but γ_i = 0) − NLL(γ = 1) on --data (one pass per layer)
-          ila                       ILA's learned mask logits, as `learn` (--steps, --batch, --lr, --lambda, --s-init, --seed)
+          rel-change       ‖Δ_i‖/‖W0_i‖ from deltas.h5 (--deltas)
+          spectrum         Spectrum's SNR of the base weight (singular values
+                           above the Marchenko–Pastur threshold); base only
+          block-influence  ShortGPT: 1 − mean cos(h_in, h_out) of each block
+                           on --data, given to all its layers
+          block-influence-sublayer
+                           the same for the attention half (q k v o) and the
+                           MLP half (gate up down) of each block
+          angular          PruneMe: arccos(cos(h_l, h_l+n))/π, n = --distance
+                           (1), on each row's last token (--positions)
+          taylor           |∂NLL/∂γ_i| at γ = 1 on --data (one pass)
+          ablation         NLL(γ = 1 but γ_i = 0) − NLL(γ = 1) on --data
+                           (one pass per layer)
+          ila              ILA's learned mask logits, as `learn`
 
         Examples:
           ila-mask score --method spectrum --base base/ -o spectrum.json

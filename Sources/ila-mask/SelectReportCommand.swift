@@ -135,7 +135,9 @@ struct SelectReportCommand: ParsableCommand {
                         ?? "has \(names.subtracting(masked).sorted().first ?? "") which has no delta"
                     throw ILAError(file: path, "does not cover the deltas' layers: \(missing)")
                 }
-                var label = r.objective?.method ?? URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
+                // Rankings `learn` wrote before objective.method existed are ILA's (they have its optimizer fields).
+                var label = r.objective?.method ?? (r.objective?.lambda != nil ? ScoreMethod.ila.rawValue
+                    : URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent)
                 if labels.contains(label) { label = URL(fileURLWithPath: path).lastPathComponent }
                 labels.append(label); rankings.append(r)
             }
