@@ -68,4 +68,26 @@ public enum BLAS {
         guard info == 0 else { throw LAPACKError(routine: "sgesdd", info: Int(info)) }
         return (lvt, s, lu)
     }
+
+    /// Singular values of a row-major [m, n] matrix, descending (min(m, n) of them), without the
+    /// singular vectors: LAPACK sgesdd with jobz = 'N', as torch.linalg.svdvals computes them for
+    /// float32. `a` is overwritten.
+    public static func singularValues(_ a: inout [Float], m: Int, n: Int) throws -> [Float] {
+        // Row-major A is column-major Aᵀ [n, m]; Aᵀ has the same singular values.
+        let p = min(m, n)
+        var s = [Float](repeating: 0, count: p)
+        var jobz = Int8(UInt8(ascii: "N"))
+        var M = Int32(n), N = Int32(m), lda = Int32(max(1, n)), one: Int32 = 1
+        var iwork = [Int32](repeating: 0, count: 8 * p)
+        var info: Int32 = 0
+        var lwork: Int32 = -1
+        var query: Float = 0, dummyU: Float = 0, dummyVt: Float = 0
+        sgesdd_(&jobz, &M, &N, &a, &lda, &s, &dummyU, &one, &dummyVt, &one, &query, &lwork, &iwork, &info)
+        guard info == 0 else { throw LAPACKError(routine: "sgesdd", info: Int(info)) }
+        lwork = Int32(query) + 1
+        var w = [Float](repeating: 0, count: Int(lwork))
+        sgesdd_(&jobz, &M, &N, &a, &lda, &s, &dummyU, &one, &dummyVt, &one, &w, &lwork, &iwork, &info)
+        guard info == 0 else { throw LAPACKError(routine: "sgesdd", info: Int(info)) }
+        return s
+    }
 }

@@ -91,32 +91,40 @@ public struct ModelDataOptions: ParsableArguments {
     /// Loads the base model and the deltas (in the store's canonical order) into an engine,
     /// after the memory plan says they fit.
     public func loadEngine(requireDeltas: Bool, gradient: Bool = false) throws -> (BaseModel, TransformerEngine, DeltaStore?, MemoryPlan) {
-        if requireDeltas && deltas == nil { throw ILAError("--deltas is required") }
-        let store = try deltas.map { try DeltaStore(path: $0) }
-        var tokenBudget = 4096
-        var memoryPlan: MemoryPlan?
-        let model = try BaseModel(path: base) { checkpoint, spec in
-            var plan = MemoryPlan(spec: spec, checkpoint: checkpoint, deltas: store, gradient: gradient)
-            let available = MemoryPlan.available()
-            let budget = maxMemory.flatMap(MemoryPlan.parseSize) ?? available.bytes
-            tokenBudget = try plan.budget(budget, rowTokens: seqLen, source: maxMemory == nil ? available.source : "--max-memory",
-                                          what: base, forceRecompute: recompute && gradient)
-            memoryPlan = plan
-        }
-        do {
-            let engine = try store.map {
-                try TransformerEngine(weights: model.weights, store: $0, maxSequenceLength: max(seqLen, 1),
-                                      tokenBudget: tokenBudget, gemm: gemmOptions)
-            } ?? TransformerEngine(weights: model.weights, deltas: [], maxSequenceLength: max(seqLen, 1),
-                                   tokenBudget: tokenBudget, gemm: gemmOptions)
-            guard let memoryPlan else { throw ILAError(file: base, "memory plan missing") }
-            engine.recompute = memoryPlan.recompute
-            return (model, engine, store, memoryPlan)
-        } catch let e as DeltaLoadError {
-            throw e.underlying
-        } catch let e as ILAError {
-            throw ILAError(file: deltas ?? base, "does not fit base \(base): \(e.message)")
-        }
+        try loadModelEngine(base: base, deltas: deltas, seqLen: seqLen, maxMemory: maxMemory, recompute: recompute,
+                            gemm: gemmOptions, requireDeltas: requireDeltas, gradient: gradient)
+    }
+}
+
+/// Loads the base model and the deltas (in the store's canonical order) into an engine, after the
+/// memory plan says they fit (ModelDataOptions.loadEngine; also for commands whose --data is optional).
+public func loadModelEngine(base: String, deltas: String?, seqLen: Int, maxMemory: String?, recompute: Bool, gemm gemmOptions: GEMMOptions,
+                     requireDeltas: Bool, gradient: Bool) throws -> (BaseModel, TransformerEngine, DeltaStore?, MemoryPlan) {
+    if requireDeltas && deltas == nil { throw ILAError("--deltas is required") }
+    let store = try deltas.map { try DeltaStore(path: $0) }
+    var tokenBudget = 4096
+    var memoryPlan: MemoryPlan?
+    let model = try BaseModel(path: base) { checkpoint, spec in
+        var plan = MemoryPlan(spec: spec, checkpoint: checkpoint, deltas: store, gradient: gradient)
+        let available = MemoryPlan.available()
+        let budget = maxMemory.flatMap(MemoryPlan.parseSize) ?? available.bytes
+        tokenBudget = try plan.budget(budget, rowTokens: seqLen, source: maxMemory == nil ? available.source : "--max-memory",
+                                      what: base, forceRecompute: recompute && gradient)
+        memoryPlan = plan
+    }
+    do {
+        let engine = try store.map {
+            try TransformerEngine(weights: model.weights, store: $0, maxSequenceLength: max(seqLen, 1),
+                                  tokenBudget: tokenBudget, gemm: gemmOptions)
+        } ?? TransformerEngine(weights: model.weights, deltas: [], maxSequenceLength: max(seqLen, 1),
+                               tokenBudget: tokenBudget, gemm: gemmOptions)
+        guard let memoryPlan else { throw ILAError(file: base, "memory plan missing") }
+        engine.recompute = memoryPlan.recompute
+        return (model, engine, store, memoryPlan)
+    } catch let e as DeltaLoadError {
+        throw e.underlying
+    } catch let e as ILAError {
+        throw ILAError(file: deltas ?? base, "does not fit base \(base): \(e.message)")
     }
 }
 

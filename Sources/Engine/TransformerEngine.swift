@@ -181,6 +181,9 @@ public final class TransformerEngine: @unchecked Sendable {
     /// the block's activations (one more forward, a block's activations instead of all of them).
     public var recompute = false
 
+    /// Sees each block's residual streams in forward passes (see HiddenStates.swift).
+    var hiddenStateHook: HiddenStateHook?
+
     /// Bytes of activations kept per token for the backward pass, over all blocks (with
     /// `recompute`, every block's input and one block's activations).
     public static func activationBytesPerToken(_ c: TransformerSpec, gradient: Bool = true, recompute: Bool = false) -> Int {
@@ -469,6 +472,7 @@ public final class TransformerEngine: @unchecked Sendable {
             let xIn = acts.xIn[gradient ? b : 0], xn1 = acts.xn1[s], qkv = acts.qkv[s], qk = acts.qk[s]
             let att = acts.att[s], xMid = acts.xMid[s], xn2 = acts.xn2[s], gateUp = acts.gateUp[s], h = acts.h[s]
             let bw = weights.blocks[b]
+            if !gradient { hiddenStateHook?(.blockInput(b), rows, xIn.p) }
             rmsnormForward(xn1.p, acts.rstd1[s].p, xIn.p, bw.inputNorm.p, T: T, H: H, eps: eps)
             stageForward(.qkv, qkv.p, ldOut: qkvDim, xn1.p, block: b, T: T, acts: acts, gradient: gradient)
             let qkRstd = c.qkNorm ? acts.qkRstd[s].p : nil
@@ -514,6 +518,7 @@ public final class TransformerEngine: @unchecked Sendable {
                 addInPlace(xMid.p, xIn.p, T * H)
             }
             // MLP.
+            if !gradient { hiddenStateHook?(.afterAttention(b), rows, xMid.p) }
             rmsnormForward(xn2.p, acts.rstd2[s].p, xMid.p, bw.mlpNorm.p, T: T, H: H, eps: eps)
             stageForward(.gateUp, gateUp.p, ldOut: 2 * I, xn2.p, block: b, T: T, acts: acts, gradient: gradient)
             gatedForward(h.p, gateUp.p, T: T, I: I, c.activation)
@@ -531,6 +536,7 @@ public final class TransformerEngine: @unchecked Sendable {
         }
         for b in 0..<c.blocks { blockForward(b, slot: gradient && !recompute ? b : 0) }
         rmsnormForward(acts.xnF.p, acts.rstdF.p, acts.xOut.p, weights.finalNorm.p, T: T, H: H, eps: eps)
+        if !gradient { hiddenStateHook?(.blockInput(c.blocks), rows, acts.xOut.p); hiddenStateHook?(.finalNorm, rows, acts.xnF.p) }
 
         // Loss positions: t predicts t+1 within its row.
         var positions: [Int] = [], targets: [Int32] = []

@@ -14,7 +14,7 @@ struct ILAMaskCommand: ParsableCommand {
         commandName: "ila-mask",
         abstract: "Learn which layers an alignment used (ILA), and compare, evaluate and export the rankings.",
         subcommands: [LearnCommand.self, EvalCommand.self, CompareCommand.self, ExportCommand.self, BenchCommand.self,
-                      TokenizeCommand.self])
+                      TokenizeCommand.self, ScoreCommand.self, SelectReportCommand.self])
 
     static func main() { mainWithDesignExitCodes() }
 }

@@ -169,6 +169,7 @@ struct LearnCommand: ParsableCommand {
 
             var objective = Ranking.Objective(lambda: lambda, sInit: sInit, lr: lr, steps: steps, batch: batch,
                                               seqLen: model.seqLen, seed: seed, template: model.format.description)
+            objective.method = "ila"
             objective.stableSteps = stableSteps
             objective.stoppedAt = stoppedAt
             if model.precision != .float32 { objective.precision = model.precision.rawValue }

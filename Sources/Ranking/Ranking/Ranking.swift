@@ -28,26 +28,44 @@ public struct Ranking: Codable, Sendable, Equatable {
         }
     }
 
+    /// How the scores were made. ILA's rankings (`learn`, or `score --method ila`) fill the
+    /// optimizer fields; the other methods of `ila-mask score` (DESIGN.md section 11) record
+    /// `method` and only the settings they have, so the optimizer fields are optional on reading.
     public struct Objective: Codable, Sendable, Equatable {
-        public var lambda: Double
-        public var sInit: Double
-        public var lr: Double
-        public var steps: Int
-        public var batch: Int
-        public var seqLen: Int
-        public var seed: UInt64
-        public var optimizer: String
+        /// "ila" (nil in files written before `score` existed), "rel-change", "spectrum",
+        /// "block-influence", "block-influence-sublayer", "angular", "taylor", "ablation".
+        public var method: String?
+        public var lambda: Double?
+        public var sInit: Double?
+        public var lr: Double?
+        public var steps: Int?
+        public var batch: Int?
+        public var seqLen: Int?
+        public var seed: UInt64?
+        public var optimizer: String?
         public var template: String?
         /// With `learn --stable-steps K`: K, and the step the run stopped at (nil: it ran all steps).
         public var stableSteps: Int?
         public var stoppedAt: Int?
         /// The large GEMMs' input precision when not float32 ("bf16" with `--precision bf16`).
         public var precision: String?
+        /// Data-driven score methods: rows of --data used, and the response tokens they hold.
+        public var rows: Int?
+        public var tokens: Int?
+        /// block-influence / angular: which token positions are averaged ("all" or "last"), the
+        /// block distance n (angular), and which state follows the last block ("normed" as
+        /// transformers' hidden_states, or "raw").
+        public var positions: String?
+        public var distance: Int?
+        public var lastState: String?
+        /// Hidden-state methods run with every delta scaled by this (absent: the base model).
+        public var gamma: Double?
         enum CodingKeys: String, CodingKey {
-            case lambda, lr, steps, batch, seed, optimizer, template, precision
+            case method, gamma, lambda, lr, steps, batch, seed, optimizer, template, precision, rows, tokens, positions, distance
             case stableSteps = "stable_steps", stoppedAt = "stopped_at"
             case sInit = "s_init"
             case seqLen = "seq_len"
+            case lastState = "last_state"
         }
         public init(lambda: Double, sInit: Double, lr: Double, steps: Int, batch: Int, seqLen: Int, seed: UInt64,
                     optimizer: String = "adam", template: String? = nil) {
@@ -61,6 +79,8 @@ public struct Ranking: Codable, Sendable, Equatable {
             self.optimizer = optimizer
             self.template = template
         }
+        /// A score method's record: only `method` and what the caller sets afterwards.
+        public init(method: String) { self.method = method }
     }
 
     public struct Layer: Codable, Sendable, Equatable {
