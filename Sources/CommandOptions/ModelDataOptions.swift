@@ -106,6 +106,7 @@ public func loadModelEngine(base: String, deltas: String?, seqLen: Int, maxMemor
     var memoryPlan: MemoryPlan?
     let model = try BaseModel(path: base) { checkpoint, spec in
         var plan = MemoryPlan(spec: spec, checkpoint: checkpoint, deltas: store, gradient: gradient)
+        plan.runtime = MemoryPlan.runtimeBytes(gemmOptions.backend)
         let available = MemoryPlan.available()
         let budget = maxMemory.flatMap(MemoryPlan.parseSize) ?? available.bytes
         tokenBudget = try plan.budget(budget, rowTokens: seqLen, source: maxMemory == nil ? available.source : "--max-memory",

@@ -23,10 +23,16 @@ public struct MemoryPlan: Sendable {
     /// Whether the backward pass recomputes activations (set by `budget`; `perToken` then is
     /// `perTokenRecomputed`).
     public private(set) var recompute = false
-    /// The process itself: Swift runtime, Foundation, OpenBLAS and HDF5 (measured, about 30 MB).
-    public static let process = 32_000_000
+    /// The process itself: Swift runtime, Foundation, OpenBLAS and HDF5 (measured, about 36 MB).
+    public static let process = 38_000_000
+    /// What oneDNN adds when it runs the GEMMs: its JIT kernels, scratchpad and OpenMP team (measured, about 7 MB).
+    public static let oneDNNRuntime = 8_000_000
+    /// The process's own bytes for a GEMM backend.
+    public static func runtimeBytes(_ gemm: GEMMBackend) -> Int { process + (gemm.resolved == .onednn ? oneDNNRuntime : 0) }
+    /// The process's own bytes (set from the GEMM backend by the commands).
+    public var runtime = MemoryPlan.process
 
-    public var beforeTokens: Int { Self.process + weights + loadTransient + deltas + fixed }
+    public var beforeTokens: Int { runtime + weights + loadTransient + deltas + fixed }
     public func total(tokens: Int) -> Int { beforeTokens + tokens * perToken }
 
     public init(spec: TransformerSpec, checkpoint: ModelCheckpoint, deltas: DeltaStore?, gradient: Bool, widenWeights: Bool = false) {

@@ -234,6 +234,7 @@ struct TuneCommand: ParsableCommand {
                 selected = try selectLayers(spec)
                 initial = try initAdapter.map { try LoRAAdapter(path: $0) }
                 var plan = MemoryPlan(spec: spec, checkpoint: checkpoint, deltas: nil, gradient: true, widenWeights: widenWeights)
+                plan.runtime = MemoryPlan.runtimeBytes(gemm)
                 let rank = initial?.config.r ?? r ?? 8
                 plan.deltas += 4 * 4 * selected.reduce(0) { n, l in
                     let s = spec.shape(of: l.kind)!
