@@ -25,7 +25,7 @@ adapted = sorted(n[len("base_model.model."):] for n, m in model.named_modules()
                  if hasattr(m, "lora_A") and len(getattr(m, "lora_A")) > 0)
 total, count = 0.0, 0
 with torch.no_grad():
-    for ids, lab in alpaca_rows(a.data, tok, bos, eos, a.seq_len, a.limit):
+    for ids, lab in alpaca_rows(a.data, tok, bos, eos, a.seq_len, a.limit, drop_empty=False):
         logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].double()
         target = torch.tensor(lab[1:])
         total += torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum").item()

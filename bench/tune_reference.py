@@ -20,7 +20,7 @@ from peft import PeftModel
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def alpaca_rows(path, tok, bos, eos, seq_len, limit):
+def alpaca_rows(path, tok, bos, eos, seq_len, limit, drop_empty=True):
     rows = []
     for line in open(path):
         if not line.strip():
@@ -34,7 +34,7 @@ def alpaca_rows(path, tok, bos, eos, seq_len, limit):
         ids = ([bos] + p + r + [eos])[:seq_len]
         labels = ([-100] * (1 + len(p)) + r + [eos])[:seq_len]
         # As ila-tune: a row whose response is cut off entirely by seq_len is left out.
-        if any(t != -100 for t in labels[1:]):
+        if not drop_empty or any(t != -100 for t in labels[1:]):
             rows.append((ids, labels))
         if len(rows) == limit:
             break

@@ -55,7 +55,8 @@ final class MaskHostileInputTests: XCTestCase {
         XCTAssertEqual(usage.status, 2, usage.stderr)
         // The plan's fixed part for this model, then a budget leaving room for about one row.
         let base = try BaseModel(path: "\(tiny)/base-A")
-        let plan = MemoryPlan(spec: base.spec, checkpoint: base.checkpoint, deltas: try DeltaStore(path: deltas), gradient: false)
+        var plan = MemoryPlan(spec: base.spec, checkpoint: base.checkpoint, deltas: try DeltaStore(path: deltas), gradient: false)
+        plan.runtime = MemoryPlan.runtimeBytes(.auto)
         let tight = plan.total(tokens: 300)
         let args = eval(base: "\(tiny)/base-A") + ["--deltas", deltas, "--gamma", "1", "--json"]
         let roomy = try CommandRunner.run("ila-mask", args)
@@ -75,7 +76,8 @@ final class MaskHostileInputTests: XCTestCase {
         let deltas = tmp.path("d.h5")
         XCTAssertEqual(try CommandRunner.run("ila-diff", ["\(tiny)/base-A", "\(tiny)/lora-pyapi", "-o", deltas]).status, 0)
         let base = try BaseModel(path: "\(tiny)/base-A")
-        let plan = MemoryPlan(spec: base.spec, checkpoint: base.checkpoint, deltas: try DeltaStore(path: deltas), gradient: true)
+        var plan = MemoryPlan(spec: base.spec, checkpoint: base.checkpoint, deltas: try DeltaStore(path: deltas), gradient: true)
+        plan.runtime = MemoryPlan.runtimeBytes(.auto)
         XCTAssertLessThan(plan.perTokenRecomputed, plan.perToken)
         let seqLen = 64
         let budget = plan.beforeTokens + seqLen * (plan.perTokenRecomputed + plan.perToken) / 2
