@@ -21,6 +21,7 @@ let package = Package(
         .library(name: "ILAModel", targets: ["ILAModel"]),
         .library(name: "ILAMask", targets: ["ILAMask"]),
         .library(name: "ILARanking", targets: ["ILARanking"]),
+        .library(name: "ILACollective", targets: ["ILACollective"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -36,6 +37,13 @@ let package = Package(
                        providers: [.apt(["libdeflate-dev"])]),
         // oneDNN's GEMMs behind a small C face (its descriptors are large structs).
         .target(name: "CDNNL", path: "Sources/CDNNL", linkerSettings: [.linkedLibrary("dnnl"), .linkedLibrary("dl")]),
+        // Open MPI behind a small C face (its handles and constants are macros over library globals).
+        // libmpi is not linked: the shim loads it with dlopen when a launcher started the process
+        // (DESIGN.md section 12), so runs without mpirun neither need it nor pay its start-up.
+        // Its header comes from Debian's libopenmpi-dev (/usr/include/<triplet>/mpi/mpi.h).
+        .target(name: "CMPI", path: "Sources/CMPI", linkerSettings: [.linkedLibrary("dl")]),
+        // rank, size, allreduce, broadcast, barrier: MPI under mpirun, the identity otherwise
+        .target(name: "ILACollective", dependencies: ["CMPI"], path: "Sources/Collective"),
         // BLAS, LAPACK and oneDNN calls (GEMM for the engine, SVD and Gram matrices for the deltas).
         .target(name: "ILABLAS", dependencies: ["COpenBLAS", "CDNNL"], path: "Sources/BLAS", swiftSettings: optimized),
 
@@ -48,7 +56,7 @@ let package = Package(
         .target(name: "ILAEngine", dependencies: ["ILAModel", "ILABLAS", "ILADiff"], path: "Sources/Engine",
                 swiftSettings: [.unsafeFlags(["-Ounchecked"])]),
         // tokenizer, data, the ILA objective and learner
-        .target(name: "ILAMask", dependencies: ["ILADiff", "ILAModel", "ILAEngine"], path: "Sources/Mask",
+        .target(name: "ILAMask", dependencies: ["ILADiff", "ILAModel", "ILAEngine", "ILACollective"], path: "Sources/Mask",
                 swiftSettings: optimized),
         // rankings, comparison, selections and their export formats
         .target(name: "ILARanking", dependencies: ["ILADiff"], path: "Sources/Ranking"),
@@ -60,7 +68,8 @@ let package = Package(
         .executableTarget(name: "ila-diff", dependencies: ["ILADiff", "ILACommandLine", argumentParser],
                           path: "Sources/ila-diff"),
         .executableTarget(name: "ila-mask", dependencies: [
-            "ILADiff", "ILABLAS", "ILAModel", "ILAEngine", "ILAMask", "ILARanking", "ILACommandLine", argumentParser],
+            "ILADiff", "ILABLAS", "ILAModel", "ILAEngine", "ILAMask", "ILARanking", "ILACommandLine", "ILACollective",
+            argumentParser],
             path: "Sources/ila-mask"),
         .executableTarget(name: "ila-transfer", dependencies: [
             "ILADiff", "ILARanking", "ILATransfer", "ILACommandLine", argumentParser],
@@ -71,6 +80,8 @@ let package = Package(
         .testTarget(name: "DiffTests", dependencies: ["ILADiff", "ILABLAS", "ILATestSupport"], path: "Tests/DiffTests"),
         .testTarget(name: "MaskTests", dependencies: ["ILADiff", "ILAModel", "ILAEngine", "ILAMask", "ILARanking", "ILATestSupport"],
                     path: "Tests/MaskTests"),
+        .testTarget(name: "CollectiveTests", dependencies: ["ILACollective", "ILARanking", "ILATestSupport"],
+                    path: "Tests/CollectiveTests"),
         .testTarget(name: "TransferTests", dependencies: ["ILADiff", "ILARanking", "ILATransfer", "ILATestSupport"],
                     path: "Tests/TransferTests"),
     ]
