@@ -80,7 +80,7 @@ let package = Package(
         .testTarget(name: "DiffTests", dependencies: ["ILADiff", "ILABLAS", "ILATestSupport"], path: "Tests/DiffTests"),
         .testTarget(name: "MaskTests", dependencies: ["ILADiff", "ILAModel", "ILAEngine", "ILAMask", "ILARanking", "ILATestSupport"],
                     path: "Tests/MaskTests"),
-        .testTarget(name: "CollectiveTests", dependencies: ["ILACollective", "ILARanking", "ILATestSupport"],
+        .testTarget(name: "CollectiveTests", dependencies: ["ILACollective", "ILADiff", "ILARanking", "ILATestSupport"],
                     path: "Tests/CollectiveTests"),
         .testTarget(name: "TransferTests", dependencies: ["ILADiff", "ILARanking", "ILATransfer", "ILATestSupport"],
                     path: "Tests/TransferTests"),
