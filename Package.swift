@@ -22,6 +22,7 @@ let package = Package(
         .library(name: "ILAModel", targets: ["ILAModel"]),
         .library(name: "ILAMask", targets: ["ILAMask"]),
         .library(name: "ILARanking", targets: ["ILARanking"]),
+        .library(name: "ILACollective", targets: ["ILACollective"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -37,6 +38,13 @@ let package = Package(
                        providers: [.apt(["libdeflate-dev"])]),
         // oneDNN's GEMMs behind a small C face (its descriptors are large structs).
         .target(name: "CDNNL", path: "Sources/CDNNL", linkerSettings: [.linkedLibrary("dnnl"), .linkedLibrary("dl")]),
+        // Open MPI behind a small C face (its handles and constants are macros over library globals).
+        // libmpi is not linked: the shim loads it with dlopen when a launcher started the process
+        // (DESIGN.md section 12), so runs without mpirun neither need it nor pay its start-up.
+        // Its header comes from Debian's libopenmpi-dev (/usr/include/<triplet>/mpi/mpi.h).
+        .target(name: "CMPI", path: "Sources/CMPI", linkerSettings: [.linkedLibrary("dl")]),
+        // rank, size, allreduce, broadcast, barrier: MPI under mpirun, the identity otherwise
+        .target(name: "ILACollective", dependencies: ["CMPI"], path: "Sources/Collective"),
         // BLAS, LAPACK and oneDNN calls (GEMM for the engine, SVD and Gram matrices for the deltas).
         .target(name: "ILABLAS", dependencies: ["COpenBLAS", "CDNNL"], path: "Sources/BLAS", swiftSettings: optimized),
 
@@ -49,7 +57,7 @@ let package = Package(
         .target(name: "ILAEngine", dependencies: ["ILAModel", "ILABLAS", "ILADiff"], path: "Sources/Engine",
                 swiftSettings: [.unsafeFlags(["-Ounchecked"])]),
         // tokenizer, data, the ILA objective and learner
-        .target(name: "ILAMask", dependencies: ["ILADiff", "ILAModel", "ILAEngine"], path: "Sources/Mask",
+        .target(name: "ILAMask", dependencies: ["ILADiff", "ILAModel", "ILAEngine", "ILACollective"], path: "Sources/Mask",
                 swiftSettings: optimized),
         // rankings, comparison, selections and their export formats
         .target(name: "ILARanking", dependencies: ["ILADiff"], path: "Sources/Ranking"),
@@ -62,12 +70,12 @@ let package = Package(
         // exit codes and error lines shared by the three commands
         .target(name: "ILACommandLine", dependencies: ["ILADiff", argumentParser], path: "Sources/CLI"),
         // the model and data options of the commands that run the model (ila-mask, ila-tune)
-        .target(name: "ILACommandOptions", dependencies: ["ILADiff", "ILAModel", "ILAEngine", "ILAMask", "ILACommandLine", argumentParser],
+        .target(name: "ILACommandOptions", dependencies: ["ILADiff", "ILAModel", "ILAEngine", "ILAMask", "ILACommandLine", "ILACollective", argumentParser],
                 path: "Sources/CommandOptions"),
         .executableTarget(name: "ila-diff", dependencies: ["ILADiff", "ILACommandLine", argumentParser],
                           path: "Sources/ila-diff"),
         .executableTarget(name: "ila-mask", dependencies: [
-            "ILADiff", "ILABLAS", "ILAModel", "ILAEngine", "ILAMask", "ILARanking", "ILACommandLine", "ILACommandOptions",
+            "ILADiff", "ILABLAS", "ILAModel", "ILAEngine", "ILAMask", "ILARanking", "ILACommandLine", "ILACommandOptions", "ILACollective",
             argumentParser],
             path: "Sources/ila-mask"),
         .executableTarget(name: "ila-tune", dependencies: [
@@ -85,6 +93,8 @@ let package = Package(
                     path: "Tests/MaskTests"),
         .testTarget(name: "TuneTests", dependencies: ["ILADiff", "ILAModel", "ILAEngine", "ILAMask", "ILARanking", "ILATune", "ILATestSupport"],
                     path: "Tests/TuneTests"),
+        .testTarget(name: "CollectiveTests", dependencies: ["ILACollective", "ILADiff", "ILARanking", "ILATestSupport"],
+                    path: "Tests/CollectiveTests"),
         .testTarget(name: "TransferTests", dependencies: ["ILADiff", "ILARanking", "ILATransfer", "ILATestSupport"],
                     path: "Tests/TransferTests"),
     ]

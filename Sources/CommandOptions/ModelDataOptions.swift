@@ -5,6 +5,7 @@ import ILADiff
 import ILAMask
 import ILAModel
 import ILAEngine
+import ILACollective
 
 extension PromptTemplate: ExpressibleByArgument {
     public static var allValueStrings: [String] { allNames }
@@ -108,7 +109,8 @@ public func loadModelEngine(base: String, deltas: String?, seqLen: Int, maxMemor
         var plan = MemoryPlan(spec: spec, checkpoint: checkpoint, deltas: store, gradient: gradient)
         plan.runtime = MemoryPlan.runtimeBytes(gemmOptions.backend)
         let available = MemoryPlan.available()
-        let budget = maxMemory.flatMap(MemoryPlan.parseSize) ?? available.bytes
+        // Ranks on one host share its memory (--max-memory is per rank).
+        let budget = maxMemory.flatMap(MemoryPlan.parseSize) ?? available.bytes / Collective.localSize
         tokenBudget = try plan.budget(budget, rowTokens: seqLen, source: maxMemory == nil ? available.source : "--max-memory",
                                       what: base, forceRecompute: recompute && gradient)
         memoryPlan = plan
@@ -135,9 +137,12 @@ public func memoryReport(_ plan: MemoryPlan, _ engine: TransformerEngine) -> [St
      "recompute": plan.recompute ? 1 : 0]
 }
 
-/// Runs the engine over rows in chunks, with a progress bar on a terminal.
-public func evaluateWithProgress(_ engine: TransformerEngine, rows: [TokenizedRow], gamma: [Float], label: String) throws -> EngineResult {
+/// Runs the engine over rows in chunks, with a progress bar on a terminal. Under several ranks
+/// each runs its contiguous share of the rows (DataParallel.localRows) and the sums are added.
+public func evaluateWithProgress(_ engine: TransformerEngine, rows allRows: [TokenizedRow], gamma: [Float], label: String,
+                                 comm: Communicator = SingleProcess.shared) throws -> EngineResult {
     let chunk = 16
+    let rows = Array(DataParallel.localRows(allRows, comm))
     let progress = ProgressBar(total: rows.count, label: label)
     var total = EngineResult(nllSum: 0, tokens: 0, rows: 0, dNllSumDGamma: [])
     var i = 0
@@ -150,5 +155,6 @@ public func evaluateWithProgress(_ engine: TransformerEngine, rows: [TokenizedRo
         progress.update(min(i, rows.count), detail: String(format: "nll %.4f", total.meanNLL))
     }
     progress.finish()
+    try DataParallel.allreduce(&total, comm)
     return total
 }

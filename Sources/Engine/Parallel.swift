@@ -1,8 +1,21 @@
 import Foundation
 import ILABLAS
 
-/// Number of worker threads for the engine's own loops (BLAS threads itself).
-let engineThreads = max(1, ProcessInfo.processInfo.activeProcessorCount)
+/// Number of worker threads for the engine's own loops (BLAS threads itself): the cores this
+/// process may use, shared among the ranks an MPI launcher started on this machine (cores per rank).
+let engineThreads = threadsPerProcess()
+
+/// Cores divided among the processes of this host that a launcher started
+/// (OMPI_COMM_WORLD_LOCAL_SIZE under Open MPI's mpirun; 1 otherwise), at least 1.
+public func threadsPerProcess() -> Int {
+    let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    let env = ProcessInfo.processInfo.environment
+    guard let text = env["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? env["MPI_LOCALNRANKS"], let local = Int(text), local > 1 else {
+        return cores
+    }
+    // Bound to fewer cores than an even share (mpirun --bind-to core): the binding wins.
+    return max(1, min(cores, ProcessInfo.processInfo.processorCount / local))
+}
 
 /// Lets a closure that only touches disjoint memory cross into concurrentPerform.
 private struct UncheckedSendable<T>: @unchecked Sendable { let value: T }

@@ -7,6 +7,7 @@ import ILAMask
 import ILAModel
 import ILAEngine
 import ILARanking
+import ILACollective
 
 struct EvalCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -52,6 +53,7 @@ struct EvalCommand: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
+            let comm = try joinJob()
             let (base, engine, _, plan) = try model.loadEngine(requireDeltas: false)
             let rows = try base.rows(path: model.data, format: model.format, seqLen: model.seqLen, limit: limit)
             var mask = [Float](repeating: Float(gamma ?? 1), count: engine.maskedLayers.count)
@@ -64,7 +66,7 @@ struct EvalCommand: ParsableCommand {
                 }
                 mask = engine.maskedLayers.map { selected.contains($0.name) ? 1 : 0 }
             }
-            let r = try evaluateWithProgress(engine, rows: rows, gamma: mask, label: "eval")
+            let r = try evaluateWithProgress(engine, rows: rows, gamma: mask, label: "eval", comm: comm)
             guard r.tokens > 0 else { throw ILAError(file: model.data, "no response tokens to score (all labels are -100)") }
             if json {
                 printOut(try jsonText(["mean_nll": r.meanNLL, "tokens": r.tokens, "rows": r.rows, "memory": memoryReport(plan, engine),

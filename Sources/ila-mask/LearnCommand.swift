@@ -7,6 +7,7 @@ import ILAMask
 import ILAModel
 import ILAEngine
 import ILARanking
+import ILACollective
 
 /// Set by SIGINT/SIGTERM; the learn loop saves its state and stops at the next step boundary.
 nonisolated(unsafe) private var stopSignal: Int32 = 0
@@ -102,11 +103,15 @@ struct LearnCommand: ParsableCommand {
             signal(SIGINT) { _ in stopSignal = SIGINT }
             signal(SIGTERM) { _ in stopSignal = SIGTERM }
             defer { signal(SIGINT, SIG_DFL); signal(SIGTERM, SIG_DFL) }
-            // Fail on an unwritable output before minutes of work (this also removes temporaries
-            // a killed earlier run left beside each output).
-            try AtomicOutput(path: output).discard()
-            try AtomicOutput(path: trajectoryPath).discard()
-            try AtomicOutput(path: statePath).discard()
+            // Under mpirun: every rank runs its share of each step's rows; rank 0 alone writes.
+            let comm = try joinJob()
+            if comm.isRoot {
+                // Fail on an unwritable output before minutes of work (this also removes temporaries
+                // a killed earlier run left beside each output).
+                try AtomicOutput(path: output).discard()
+                try AtomicOutput(path: trajectoryPath).discard()
+                try AtomicOutput(path: statePath).discard()
+            }
             if let deltas = model.deltas,
                URL(fileURLWithPath: deltas).standardizedFileURL.resolvingSymlinksInPath()
                 == URL(fileURLWithPath: trajectoryPath).standardizedFileURL.resolvingSymlinksInPath() {
@@ -118,28 +123,30 @@ struct LearnCommand: ParsableCommand {
             let layerNames = engine.maskedLayers.map(\.name)
             let fingerprint = [model.base, model.deltas ?? "", model.data, model.format.description, model.precision.rawValue, "\(rows.count)",
                                "\(limit ?? 0)", layerNames.joined(separator: ",")].joined(separator: "|")
-            var state: LearnState
-            if resume {
-                state = try LearnState.load(path: statePath)
+            // The state is rank 0's (only it reads and writes the state file); the others get a copy.
+            // It does not depend on the number of ranks, so --resume may use another number.
+            var state: LearnState = try fromRoot(comm) {
+                guard resume else { return LearnState(options: options, fingerprint: fingerprint, layers: layerNames) }
+                let state = try LearnState.load(path: statePath)
                 guard state.fingerprint == fingerprint, state.layers == layerNames else {
                     throw ILAError(file: statePath, "was saved for other inputs (base, deltas, data or layers differ)")
                 }
                 guard state.options == options else {
                     throw ILAError(file: statePath, "was saved with other objective options; give the same ones to --resume")
                 }
-            } else {
-                state = LearnState(options: options, fingerprint: fingerprint, layers: layerNames)
+                return state
             }
-            let learner = try MaskLearner(engine: engine, rows: rows, lambda: lambda)
+            let learner = try MaskLearner(engine: engine, rows: rows, lambda: lambda, communicator: comm)
 
             let progress = ProgressBar(total: steps, label: "learn")
             var stoppedAt: Int?
             while state.step < steps {
-                if stopSignal != 0 {
+                // Every rank stops at the same step boundary (a signal may reach the ranks apart).
+                if try comm.any(stopSignal != 0) {
                     progress.finish()
-                    try state.save(path: statePath)
+                    if comm.isRoot { try state.save(path: statePath) }
                     reportError(ILAError("interrupted at step \(state.step) of \(steps); state saved to \(statePath); continue with --resume"))
-                    throw ExitCode(128 + stopSignal)
+                    throw ExitCode(128 + (stopSignal != 0 ? stopSignal : SIGTERM))
                 }
                 try learner.step(&state)
                 if let h = state.history.last {
@@ -150,7 +157,7 @@ struct LearnCommand: ParsableCommand {
                     stoppedAt = state.step
                     break
                 }
-                if saveEvery > 0 && state.step % saveEvery == 0 && state.step < steps {
+                if comm.isRoot && saveEvery > 0 && state.step % saveEvery == 0 && state.step < steps {
                     try state.save(path: statePath)
                 }
             }
@@ -160,9 +167,9 @@ struct LearnCommand: ParsableCommand {
             if let eval {
                 let evalRows = try base.rows(path: eval, format: model.format, seqLen: model.seqLen, limit: evalLimit)
                 let n = engine.maskedLayers.count
-                let masked = try evaluateWithProgress(engine, rows: evalRows, gamma: MaskObjective.gamma(state.scores), label: "eval")
-                let full = try evaluateWithProgress(engine, rows: evalRows, gamma: [Float](repeating: 1, count: n), label: "eval γ=1")
-                let none = try evaluateWithProgress(engine, rows: evalRows, gamma: [Float](repeating: 0, count: n), label: "eval γ=0")
+                let masked = try evaluateWithProgress(engine, rows: evalRows, gamma: MaskObjective.gamma(state.scores), label: "eval", comm: comm)
+                let full = try evaluateWithProgress(engine, rows: evalRows, gamma: [Float](repeating: 1, count: n), label: "eval γ=1", comm: comm)
+                let none = try evaluateWithProgress(engine, rows: evalRows, gamma: [Float](repeating: 0, count: n), label: "eval γ=0", comm: comm)
                 evalReport = ["nll_mask": masked.meanNLL, "nll_all_deltas": full.meanNLL, "nll_base": none.meanNLL,
                               "tokens": Double(masked.tokens)]
             }
@@ -182,6 +189,7 @@ struct LearnCommand: ParsableCommand {
                                        objective: objective,
                                        history: state.history.map { Ranking.HistoryEntry(step: $0.step, nll: $0.nll, meanGamma: $0.meanGamma, j: $0.j) })
             ranking.eval = evalReport
+            guard comm.isRoot else { return }
             try writeFloatMatrixHDF5(path: trajectoryPath, dataset: "scores",
                                      values: state.trajectory.flatMap { $0.map(Float.init) },
                                      rows: state.trajectory.count, cols: layerNames.count,

@@ -1,7 +1,11 @@
 import Foundation
 
+/// Set on the ranks other than 0 of an MPI job: only rank 0 prints (results, progress, error lines).
+nonisolated(unsafe) public var silentOutput = false
+
 /// Prints a failure as the single line `error: …` on stderr.
 public func reportError(_ error: Error) {
+    if silentOutput { return }
     let text: String
     if let e = error as? ILAError { text = e.message } else { text = String(describing: error) }
     let line = "error: " + text.replacingOccurrences(of: "\n", with: " ") + "\n"
@@ -10,6 +14,7 @@ public func reportError(_ error: Error) {
 
 /// Writes text to stdout without buffering surprises at exit.
 public func printOut(_ text: String) {
+    if silentOutput { return }
     FileHandle.standardOutput.write(Data((text.hasSuffix("\n") ? text : text + "\n").utf8))
 }
 

@@ -12,7 +12,7 @@ public final class ProgressBar: @unchecked Sendable {
     public init(total: Int, label: String, enabled: Bool = isatty(STDERR_FILENO) != 0) {
         self.total = max(total, 1)
         self.label = label
-        self.enabled = enabled
+        self.enabled = enabled && !silentOutput
     }
 
     /// Advances to `done` items; `detail` is shown after the bar (e.g. "nll 1.84").

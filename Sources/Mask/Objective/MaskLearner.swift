@@ -2,6 +2,7 @@ import Foundation
 import ILAEngine
 import ILAModel
 import ILADiff
+import ILACollective
 
 /// Hyper-parameters of `ila-mask learn` (defaults: DESIGN.md section 1).
 public struct LearnOptions: Codable, Sendable, Equatable {
@@ -117,11 +118,15 @@ public struct MaskLearner {
     public let engine: TransformerEngine
     public let rows: [TokenizedRow]
     public let objective: MaskObjective
+    /// The ranks that share each step's rows (a single process by default).
+    public let communicator: Communicator
 
-    public init(engine: TransformerEngine, rows: [TokenizedRow], lambda: Double) throws {
+    public init(engine: TransformerEngine, rows: [TokenizedRow], lambda: Double,
+                communicator: Communicator = SingleProcess.shared) throws {
         guard !rows.isEmpty else { throw ILAError("no training rows") }
         self.engine = engine
         self.rows = rows
+        self.communicator = communicator
         objective = MaskObjective(lambda: lambda)
     }
 
@@ -130,11 +135,17 @@ public struct MaskLearner {
         (0..<batch).map { _ in rng.index(below: n) }
     }
 
-    /// One step: sample, evaluate J and dJ/ds at the current s, update s with Adam.
+    /// One step: sample, evaluate J and dJ/ds at the current s, update s with Adam. Under
+    /// several ranks every rank samples the same batch, runs its share of it
+    /// (`DataParallel.localRows`), and the sums are added before the (identical) Adam step.
     public func step(_ state: inout LearnState) throws {
         let idx = Self.sampleBatch(&state.rng, rows: rows.count, batch: state.options.batch)
         let batch = idx.map { rows[$0] }
-        let v = try objective.evaluate(engine: engine, rows: batch, scores: state.scores)
+        let gamma = MaskObjective.gamma(state.scores)
+        let r = try DataParallel.run(rows: batch, layers: state.scores.count, gradient: true, comm: communicator) {
+            try engine.gradient(rows: $0, gamma: gamma)
+        }
+        let v = objective.combine(result: r, scores: state.scores)
         guard v.j.isFinite, v.gradient.allSatisfy(\.isFinite) else {
             throw ILAError("objective became non-finite at step \(state.step + 1) (NLL \(v.nll))")
         }

@@ -1,0 +1,127 @@
+#define _GNU_SOURCE
+#include "cmpi.h"
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+// Types only: mpi.h (Debian: /usr/include/<triplet>/mpi → openmpi/include) gives the prototypes
+// the function pointers below are checked against; nothing from it is linked.
+#include <mpi/mpi.h>
+
+#ifndef OMPI_MAJOR_VERSION
+#error "this shim is written for Open MPI's ABI (MPI_Comm etc. are pointers to library globals)"
+#endif
+
+static void *lib;
+static int active;
+static MPI_Comm comm_world;
+static MPI_Datatype t_double, t_float, t_int64, t_byte;
+static MPI_Op op_sum, op_max;
+
+static __typeof__(MPI_Init_thread) *p_init_thread;
+static __typeof__(MPI_Comm_rank) *p_comm_rank;
+static __typeof__(MPI_Comm_size) *p_comm_size;
+static __typeof__(MPI_Allreduce) *p_allreduce;
+static __typeof__(MPI_Bcast) *p_bcast;
+static __typeof__(MPI_Barrier) *p_barrier;
+static __typeof__(MPI_Finalize) *p_finalize;
+static __typeof__(MPI_Abort) *p_abort;
+static __typeof__(MPI_Get_library_version) *p_library_version;
+
+int ila_mpi_launched(void) {
+    static const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE", NULL};
+    for (int i = 0; vars[i]; i++) if (getenv(vars[i])) return 1;
+    return 0;
+}
+
+#define SYM(var, name) do { *(void **)&(var) = dlsym(lib, name); \
+    if (!(var)) { snprintf(err, (size_t)err_size, "%s has no symbol %s", libname, name); return -1; } } while (0)
+
+int ila_mpi_init(char *err, int err_size) {
+    if (active) return 0;
+    static const char *names[] = {"libmpi.so.40", "libmpi.so", NULL};
+    const char *libname = NULL;
+    for (int i = 0; names[i] && !lib; i++) {
+        // RTLD_GLOBAL: Open MPI's own plugins resolve libmpi's symbols.
+        lib = dlopen(names[i], RTLD_NOW | RTLD_GLOBAL);
+        libname = names[i];
+    }
+    if (!lib) {
+        snprintf(err, (size_t)err_size, "cannot load Open MPI's libmpi.so.40 (install openmpi-bin / libopenmpi-dev): %s", dlerror());
+        return -1;
+    }
+    SYM(p_init_thread, "MPI_Init_thread");
+    SYM(p_comm_rank, "MPI_Comm_rank");
+    SYM(p_comm_size, "MPI_Comm_size");
+    SYM(p_allreduce, "MPI_Allreduce");
+    SYM(p_bcast, "MPI_Bcast");
+    SYM(p_barrier, "MPI_Barrier");
+    SYM(p_finalize, "MPI_Finalize");
+    SYM(p_abort, "MPI_Abort");
+    SYM(p_library_version, "MPI_Get_library_version");
+    // The predefined handles are the addresses of these globals (mpi.h's OMPI_PREDEFINED_GLOBAL).
+    SYM(comm_world, "ompi_mpi_comm_world");
+    SYM(t_double, "ompi_mpi_double");
+    SYM(t_float, "ompi_mpi_float");
+    SYM(t_int64, "ompi_mpi_int64_t");
+    SYM(t_byte, "ompi_mpi_byte");
+    SYM(op_sum, "ompi_mpi_op_sum");
+    SYM(op_max, "ompi_mpi_op_max");
+    int provided = 0;
+    int rc = p_init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided);
+    if (rc != MPI_SUCCESS) { snprintf(err, (size_t)err_size, "MPI_Init_thread failed (code %d)", rc); return rc; }
+    active = 1;
+    return 0;
+}
+
+int ila_mpi_active(void) { return active; }
+
+int ila_mpi_rank(int *rank) { if (!active) return -1; return p_comm_rank(comm_world, rank); }
+int ila_mpi_size(int *size) { if (!active) return -1; return p_comm_size(comm_world, size); }
+
+static const int64_t piece = (int64_t)1 << 30;
+
+static int allreduce(void *buf, int64_t count, size_t elem, MPI_Datatype t, MPI_Op op) {
+    if (!active) return -1;
+    for (int64_t off = 0; off < count; off += piece) {
+        int n = (int)(count - off < piece ? count - off : piece);
+        int rc = p_allreduce(MPI_IN_PLACE, (char *)buf + (size_t)off * elem, n, t, op, comm_world);
+        if (rc != MPI_SUCCESS) return rc;
+    }
+    return 0;
+}
+
+int ila_mpi_allreduce_sum_double(double *buf, int64_t count) { return allreduce(buf, count, sizeof(double), t_double, op_sum); }
+int ila_mpi_allreduce_sum_float(float *buf, int64_t count) { return allreduce(buf, count, sizeof(float), t_float, op_sum); }
+int ila_mpi_allreduce_max_int64(int64_t *buf, int64_t count) { return allreduce(buf, count, sizeof(int64_t), t_int64, op_max); }
+
+int ila_mpi_bcast_bytes(void *buf, int64_t count, int root) {
+    if (!active) return -1;
+    for (int64_t off = 0; off < count; off += piece) {
+        int n = (int)(count - off < piece ? count - off : piece);
+        int rc = p_bcast((char *)buf + off, n, t_byte, root, comm_world);
+        if (rc != MPI_SUCCESS) return rc;
+    }
+    return 0;
+}
+
+int ila_mpi_barrier(void) { if (!active) return -1; return p_barrier(comm_world); }
+
+int ila_mpi_finalize(void) {
+    if (!active) return 0;
+    active = 0;
+    return p_finalize();
+}
+
+void ila_mpi_abort(int code) { if (active) p_abort(comm_world, code); }
+
+int ila_mpi_library_version(char *buf, int size) {
+    if (!lib || size < 1) return -1;
+    char text[MPI_MAX_LIBRARY_VERSION_STRING];
+    int len = 0;
+    int rc = p_library_version(text, &len);
+    if (rc != MPI_SUCCESS) return rc;
+    snprintf(buf, (size_t)size, "%.*s", len, text);
+    return 0;
+}

@@ -1,0 +1,81 @@
+import Foundation
+import ILATestSupport
+import XCTest
+
+/// Runs the built commands under Open MPI's mpirun (DESIGN.md section 12).
+enum MPI {
+    /// mpirun on PATH (Debian's openmpi-bin), or the test is skipped saying why.
+    static func mpirun() throws -> String {
+        for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin").split(separator: ":") + ["/usr/bin"] {
+            let p = "\(dir)/mpirun"
+            if FileManager.default.isExecutableFile(atPath: p) { return p }
+        }
+        throw XCTSkip("mpirun is not installed (scripts/install-deps installs openmpi-bin); MPI tests skipped")
+    }
+
+    /// What every test's mpirun needs: root allowed (CI runs as root), more ranks than cores, and
+    /// nothing from a launcher that may have started the test runner itself.
+    static var environment: [String: String] {
+        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("OMPI_") && !$0.key.hasPrefix("PMIX_") }
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        return env
+    }
+
+    /// `mpirun --oversubscribe -np N <tool> args` (plus `extra` mpirun options), started.
+    static func start(np: Int, _ tool: String, _ args: [String], mpirunOptions extra: [String] = [],
+                      wrapper: [String] = []) throws -> (Process, URL, URL) {
+        let p = Process()
+        let mpirun = try mpirun()
+        let command = [mpirun, "--oversubscribe", "-np", "\(np)"] + extra + [try CommandRunner.binary(tool)] + args
+        if wrapper.isEmpty {
+            p.executableURL = URL(fileURLWithPath: command[0])
+            p.arguments = Array(command.dropFirst())
+        } else {
+            p.executableURL = URL(fileURLWithPath: wrapper[0])
+            p.arguments = Array(wrapper.dropFirst()) + command
+        }
+        p.environment = environment
+        let tmp = FileManager.default.temporaryDirectory
+        let out = tmp.appendingPathComponent("ila-mpi-out-\(UUID().uuidString)")
+        let err = tmp.appendingPathComponent("ila-mpi-err-\(UUID().uuidString)")
+        FileManager.default.createFile(atPath: out.path, contents: nil)
+        FileManager.default.createFile(atPath: err.path, contents: nil)
+        p.standardOutput = try FileHandle(forWritingTo: out)
+        p.standardError = try FileHandle(forWritingTo: err)
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        return (p, out, err)
+    }
+
+    static func run(np: Int, _ tool: String, _ args: [String], mpirunOptions extra: [String] = [],
+                    wrapper: [String] = []) throws -> CommandResult {
+        CommandRunner.finish(try start(np: np, tool, args, mpirunOptions: extra, wrapper: wrapper))
+    }
+
+    /// Process ids of the children of `parent` whose environment says rank `rank` of a job.
+    static func rankPID(under parent: Int32, rank: Int) -> Int32? {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return nil }
+        for e in entries {
+            guard let pid = Int32(e), let stat = try? String(contentsOfFile: "/proc/\(e)/stat", encoding: .utf8) else { continue }
+            // ppid is the 2nd field after the parenthesised command name.
+            guard let close = stat.lastIndex(of: ")") else { continue }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 2, Int32(fields[1]) == parent else { continue }
+            guard let env = FileManager.default.contents(atPath: "/proc/\(e)/environ") else { continue }
+            let vars = env.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            if vars.contains("OMPI_COMM_WORLD_RANK=\(rank)") { return pid }
+        }
+        return nil
+    }
+}
+
+/// The tiny test bed's deltas, computed once per test into `dir`.
+func tinyDeltas(_ dir: TempDir) throws -> (base: String, deltas: String, train: String, eval: String) {
+    let tiny = RepoPaths.fixtures.appendingPathComponent("tiny").path
+    let data = RepoPaths.fixtures.appendingPathComponent("data").path
+    let deltas = dir.path("deltas.h5")
+    let d = try CommandRunner.run("ila-diff", ["\(tiny)/base-A", "\(tiny)/lora-pyapi", "-o", deltas])
+    XCTAssertEqual(d.status, 0, d.stderr)
+    return ("\(tiny)/base-A", deltas, "\(data)/pyapi.train.jsonl", "\(data)/pyapi.eval.jsonl")
+}
