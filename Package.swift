@@ -70,7 +70,7 @@ let package = Package(
         // exit codes and error lines shared by the three commands
         .target(name: "ILACommandLine", dependencies: ["ILADiff", argumentParser], path: "Sources/CLI"),
         // the model and data options of the commands that run the model (ila-mask, ila-tune)
-        .target(name: "ILACommandOptions", dependencies: ["ILADiff", "ILAModel", "ILAEngine", "ILAMask", "ILACommandLine", "ILACollective", argumentParser],
+        .target(name: "ILACommandOptions", dependencies: ["ILADiff", "ILABLAS", "ILAModel", "ILAEngine", "ILAMask", "ILACommandLine", "ILACollective", argumentParser],
                 path: "Sources/CommandOptions"),
         .executableTarget(name: "ila-diff", dependencies: ["ILADiff", "ILACommandLine", argumentParser],
                           path: "Sources/ila-diff"),
@@ -79,7 +79,7 @@ let package = Package(
             argumentParser],
             path: "Sources/ila-mask"),
         .executableTarget(name: "ila-tune", dependencies: [
-            "ILADiff", "ILAModel", "ILAEngine", "ILAMask", "ILARanking", "ILATune", "ILACommandLine", "ILACommandOptions",
+            "ILADiff", "ILAModel", "ILAEngine", "ILAMask", "ILARanking", "ILATune", "ILACommandLine", "ILACommandOptions", "ILACollective",
             argumentParser],
             path: "Sources/ila-tune"),
         .executableTarget(name: "ila-transfer", dependencies: [

@@ -169,6 +169,9 @@ public final class Tuner {
 
     // MARK: resumable state
 
+    /// Every float of the resumable state: the parameters, then both moments (table order).
+    public var stateBuffers: [FloatBuffer] { parameters.values + optimizer.m + optimizer.v }
+
     /// Tensors of the state file: the parameters and both moments.
     func stateTensors() -> [SafetensorsOutput.Tensor] {
         var out: [SafetensorsOutput.Tensor] = []

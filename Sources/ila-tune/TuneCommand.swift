@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ILACommandLine
+import ILACollective
 import ILACommandOptions
 import ILADiff
 import ILAEngine
@@ -219,10 +220,14 @@ struct TuneCommand: ParsableCommand {
             signal(SIGTERM) { _ in stopSignal = SIGTERM }
             defer { signal(SIGINT, SIG_DFL); signal(SIGTERM, SIG_DFL) }
             let started = Date()
-            try AdapterOutput.check(outputPath)
+            // Under mpirun: every rank runs its share of each step's rows; rank 0 alone writes.
+            let comm = try joinJob()
             let milestones = try milestones()
-            for p in milestones { try AdapterOutput.check(outputPath + String(format: "-%03d", p)) }
-            try AtomicOutput(path: statePath).discard()
+            if comm.isRoot {
+                try AdapterOutput.check(outputPath)
+                for p in milestones { try AdapterOutput.check(outputPath + String(format: "-%03d", p)) }
+                try AtomicOutput(path: statePath).discard()
+            }
             let format = try dataFormat.format()
 
             // Base model, within the memory budget (LoRA tensors, gradients and both moments included).
@@ -241,7 +246,8 @@ struct TuneCommand: ParsableCommand {
                     return n + rank * (s.in + s.out)
                 }
                 let available = MemoryPlan.available()
-                let budget = maxMemory.flatMap(MemoryPlan.parseSize) ?? available.bytes
+                // Ranks on one host share its memory (--max-memory is per rank).
+                let budget = maxMemory.flatMap(MemoryPlan.parseSize) ?? available.bytes / Collective.localSize
                 tokenBudget = try plan.budget(budget, rowTokens: seqLen, source: maxMemory == nil ? available.source : "--max-memory",
                                               what: base, forceRecompute: recompute)
                 planned = plan
@@ -311,7 +317,28 @@ struct TuneCommand: ParsableCommand {
                                layerNames.joined(separator: ",")].joined(separator: "|")
             let tuner = try Tuner(engine: engine, rows: rows,
                                   progress: TuneProgress(options: options, fingerprint: fingerprint, layers: layerNames))
-            if resume { try tuner.loadState(path: statePath) }
+            if comm.size > 1 {
+                tuner.share = { comm.share(of: $0) }
+                tuner.allreduce = { sums, floats in
+                    try comm.allreduceSum(&sums)
+                    if !floats.isEmpty { try comm.allreduceSum(&floats) }
+                }
+            }
+            if resume {
+                // Rank 0 reads the state; the others receive its log and tensors (any number of ranks).
+                tuner.progress = try fromRoot(comm) {
+                    try tuner.loadState(path: statePath)
+                    return tuner.progress
+                }
+                if comm.size > 1 {
+                    tuner.optimizer.step = tuner.progress.step
+                    for buf in tuner.stateBuffers {
+                        var bytes = [UInt8](UnsafeRawBufferPointer(start: buf.p, count: 4 * buf.count))
+                        try comm.broadcast(&bytes, root: 0)
+                        bytes.withUnsafeBytes { UnsafeMutableRawPointer(buf.p).copyMemory(from: $0.baseAddress!, byteCount: 4 * buf.count) }
+                    }
+                }
+            }
 
             let total = options.steps
             let progressBar = ProgressBar(total: total, label: "tune")
@@ -324,11 +351,12 @@ struct TuneCommand: ParsableCommand {
                 tuner.progress.evals.append(TuneEval(step: tuner.progress.step, nll: r.meanNLL, tokens: r.tokens))
             }
             while tuner.progress.step < total && tuner.progress.stableAt == nil {
-                if stopSignal != 0 {
+                // Every rank stops at the same step boundary (a signal may reach the ranks apart).
+                if try comm.any(stopSignal != 0) {
                     progressBar.finish()
-                    try tuner.saveState(path: statePath)
+                    if comm.isRoot { try tuner.saveState(path: statePath) }
                     reportError(ILAError("interrupted at step \(tuner.progress.step) of \(total); state saved to \(statePath); continue with --resume"))
-                    throw ExitCode(128 + stopSignal)
+                    throw ExitCode(128 + (stopSignal != 0 ? stopSignal : SIGTERM))
                 }
                 let s = try tuner.step()
                 tokensDone += s.tokens
@@ -339,19 +367,21 @@ struct TuneCommand: ParsableCommand {
                     tuner.progress.stableAt = s.step
                 }
                 for p in milestones where Self.milestoneStep(p, of: total) == s.step && !tuner.progress.savedAt.contains(p) {
-                    try write(outputPath + String(format: "-%03d", p), tuner: tuner, selected: selected, spec: spec,
-                              seconds: Date().timeIntervalSince(started))
+                    if comm.isRoot { try write(outputPath + String(format: "-%03d", p), tuner: tuner, selected: selected, spec: spec,
+                              seconds: Date().timeIntervalSince(started)) }
                     tuner.progress.savedAt.append(p)
                 }
-                if saveEvery > 0 && s.step % saveEvery == 0 && s.step < total && tuner.progress.stableAt == nil {
+                if comm.isRoot && saveEvery > 0 && s.step % saveEvery == 0 && s.step < total && tuner.progress.stableAt == nil {
                     try tuner.saveState(path: statePath)
                 }
             }
             progressBar.finish()
             loopSeconds = Date().timeIntervalSince(loopStart)
             if tuner.progress.evals.last?.step != tuner.progress.step { try evaluateHeldOut() }
-            try write(outputPath, tuner: tuner, selected: selected, spec: spec, seconds: Date().timeIntervalSince(started))
-            unlink(statePath)
+            if comm.isRoot {
+                try write(outputPath, tuner: tuner, selected: selected, spec: spec, seconds: Date().timeIntervalSince(started))
+                unlink(statePath)
+            }
             report(tuner, seconds: Date().timeIntervalSince(started), loopSeconds: loopSeconds)
         }
     }
