@@ -75,7 +75,7 @@ let package = Package(
         .executableTarget(name: "ila-diff", dependencies: ["ILADiff", "ILACommandLine", argumentParser],
                           path: "Sources/ila-diff"),
         .executableTarget(name: "ila-mask", dependencies: [
-            "ILADiff", "ILABLAS", "ILAModel", "ILAEngine", "ILAMask", "ILARanking", "ILACommandLine", "ILACommandOptions", "ILACollective",
+            "ILADiff", "ILABLAS", "ILAModel", "ILAEngine", "ILAMask", "ILARanking", "ILATune", "ILACommandLine", "ILACommandOptions", "ILACollective",
             argumentParser],
             path: "Sources/ila-mask"),
         .executableTarget(name: "ila-tune", dependencies: [

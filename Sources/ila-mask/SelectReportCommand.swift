@@ -7,6 +7,7 @@ import ILAMask
 import ILAModel
 import ILAEngine
 import ILARanking
+import ILATune
 
 struct SelectReportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -20,7 +21,7 @@ struct SelectReportCommand: ParsableCommand {
         beside the base (no delta), all deltas, and random selections of the same size (mean of \
         --random seeded draws). Lower NLL = the method kept more of the alignment.
 
-        (The NLL after tuning only the selected layers with ila-tune is the planned --tune; the \
+        (--tune also tunes each selection with ila-tune and reports the tuned model's held-out NLL; the \
         report's evaluators are one closure per column, see SelectionEvaluator.)
 
         Examples:
@@ -60,6 +61,18 @@ struct SelectReportCommand: ParsableCommand {
     @Option(name: .shortAndLong, help: "Also write the report as JSON (the --json shape) to this file.")
     var output: String?
 
+    @Flag(help: "Also tune each selection with ila-tune (LoRA on those layers only, from the base, PEFT's initialisation, seed --seed) on --data and report the held-out NLL of the tuned model.")
+    var tune = false
+
+    @Option(name: .customLong("tune-steps"), help: "With --tune: LoRA steps per selection.")
+    var tuneSteps: Int = 100
+
+    @Option(name: .customLong("tune-batch"), help: "With --tune: rows per step.")
+    var tuneBatch: Int = 8
+
+    @Option(name: .customLong("tune-lr"), help: "With --tune: peak learning rate (cosine, 3% warmup; r 8, alpha 16).")
+    var tuneLR: Double = 2e-3
+
     @Flag(help: "Print the report as JSON: {\"fractions\", \"methods\", \"nll\", \"jaccard\", \"selections\", \"nll_base\", \"nll_all_deltas\", \"random\", …}.")
     var json = false
 
@@ -97,6 +110,30 @@ struct SelectReportCommand: ParsableCommand {
         if ms.contains(where: \.needsData) && options.data == nil { throw ValidationError("--methods \(ms.filter(\.needsData).map(\.rawValue).joined(separator: ",")) need --data") }
         if options.distance != nil && !ms.contains(.angular) { throw ValidationError("--distance applies only to the angular method") }
         if let svg, !svg.hasSuffix(".svg") { throw ValidationError("--svg must end in .svg") }
+        if tune && options.data == nil { throw ValidationError("--tune needs --data (the rows to tune on)") }
+        if tuneSteps < 1 || tuneBatch < 1 { throw ValidationError("--tune-steps and --tune-batch must be at least 1") }
+        if !(tuneLR > 0 && tuneLR.isFinite) { throw ValidationError("--tune-lr must be positive") }
+    }
+
+    /// Held-out NLL after ila-tune on only `selected` (the same Tuner ila-tune runs).
+    func tunedNLL(_ selected: Set<String>, model: BaseModel, train: [TokenizedRow], eval: [TokenizedRow]) throws -> Double {
+        var o = TuneOptions()
+        o.lr = tuneLR; o.batch = tuneBatch; o.steps = tuneSteps; o.seqLen = options.seqLen; o.seed = options.seed
+        let spec = model.spec
+        let layers = spec.allLayers.filter { selected.contains($0.name) }.map { l -> LoRAParameters.Layer in
+            let sh = spec.shape(of: l.kind)!
+            return .init(layer: l, rank: o.r, inFeatures: sh.in, outFeatures: sh.out, scale: Float(o.scale(rank: o.r, alpha: o.alpha)))
+        }
+        let params = LoRAParameters(layers: layers)
+        LoRAInitialisation.peftDefault(params, seed: o.seed)
+        let engine = try TransformerEngine(weights: model.weights, training: params, maxSequenceLength: options.seqLen,
+                                           gemm: options.gemmOptions)
+        let rows = train.filter { r in r.labels.dropFirst().contains { $0 != -100 } }
+        let tuner = try Tuner(engine: engine, rows: rows, progress: TuneProgress(options: o, fingerprint: "", layers: layers.map(\.layer.name)))
+        let bar = ProgressBar(total: tuneSteps, label: "tune \(layers.count) layers")
+        while tuner.progress.step < tuneSteps { let s = try tuner.step(); bar.update(s.step, detail: String(format: "loss %.4f", s.loss)) }
+        bar.finish()
+        return try tuner.evaluate(eval).meanNLL
     }
 
     /// One column of the report: the held-out NLL of the model when only `selected` layers are
@@ -183,8 +220,12 @@ struct SelectReportCommand: ParsableCommand {
                     }
                 }
             }
+            var tuned: [[Double]] = []
+            if tune, let trainRows {
+                tuned = try selections.map { sels in try sels.map { try tunedNLL($0, model: model, train: trainRows, eval: evalRows) } }
+            }
             let report = Report(fractions: fractions, labels: labels, nll: nll, base: none.meanNLL, all: all,
-                                random: randomNLL, jaccard: jaccard, evalRows: none.rows, evalTokens: none.tokens)
+                                random: randomNLL, jaccard: jaccard, evalRows: none.rows, evalTokens: none.tokens, tuned: tuned)
             if let svg { try AtomicOutput.write(Data(report.svg().utf8), to: svg) }
             do {
                 var o: [String: Any] = ["fractions": fractions, "methods": labels, "nll_base": none.meanNLL, "nll_all_deltas": all,
@@ -196,6 +237,10 @@ struct SelectReportCommand: ParsableCommand {
                                         })),
                                         "seconds": seconds]
                 if random > 0 { o["random"] = randomNLL; o["random_draws"] = random }
+                if !tuned.isEmpty {
+                    o["tuned_nll"] = Dictionary(uniqueKeysWithValues: zip(labels, tuned))
+                    o["tune"] = ["steps": tuneSteps, "batch": tuneBatch, "lr": tuneLR, "r": 8, "alpha": 16, "seed": options.seed] as [String: Any]
+                }
                 if let svg { o["svg"] = svg }
                 let text = try jsonText(o)
                 if let output { try AtomicOutput.write(Data((text + "\n").utf8), to: output) }
@@ -207,6 +252,8 @@ struct SelectReportCommand: ParsableCommand {
     struct Report {
         var fractions: [Double], labels: [String], nll: [[Double]], base: Double, all: Double, random: [Double]
         var jaccard: [[[Double]]], evalRows: Int, evalTokens: Int
+        /// Held-out NLL after ila-tune on each selection (empty without --tune), as `nll`.
+        var tuned: [[Double]] = []
 
         /// Share of the alignment's NLL gain (base − all) that a selection keeps.
         func kept(_ v: Double) -> Double { (base - v) / (base - all) }
@@ -219,6 +266,11 @@ struct SelectReportCommand: ParsableCommand {
                 + "\(evalRows) rows, \(evalTokens) tokens\n"
             out += renderTable(header: header, rows: rows)
             out += String(format: "\nbase (no delta) %.4f, all deltas %.4f\n", base, all)
+            if !tuned.isEmpty {
+                out += "\nheld-out NLL after ila-tune on only the top-F layers\n"
+                out += renderTable(header: header, rows: zip(labels, tuned).map { l, v in [l] + v.map { String(format: "%.4f", $0) } })
+                out += "\n"
+            }
             for (fi, f) in fractions.enumerated() {
                 out += String(format: "\nJaccard of the top-%g selections\n", f)
                 out += renderTable(header: [""] + labels, rows: labels.indices.map { a in

@@ -228,4 +228,31 @@ final class TuneCommandTests: XCTestCase {
         XCTAssertEqual(try tune(tmp.path("u"), ["--save-at", "0,50"]).status, 2)
         XCTAssertEqual(try tune(tmp.path("u"), ["--init", "\(tiny)/lora-pyapi", "--r", "4"]).status, 2)
     }
+
+    /// select-report --tune: each selection's tuned NLL is what ila-tune gives on that selection.
+    func testSelectReportTuneEqualsIlaTune() throws {
+        let tmp = TempDir("ila-select-tune")
+        defer { tmp.remove() }
+        let deltas = tmp.path("d.h5"), dir = tmp.path("rankings")
+        XCTAssertEqual(try CommandRunner.run("ila-diff", ["\(tiny)/base-A", "\(tiny)/lora-pyapi", "-o", deltas]).status, 0)
+        let common = ["--base", "\(tiny)/base-A", "--data", "\(data)/pyapi.train.jsonl", "--limit", "40", "--seq-len", "48"]
+        let r = try CommandRunner.run("ila-mask", ["select-report", "--deltas", deltas, "--eval", "\(data)/pyapi.eval.jsonl",
+                                                   "--eval-limit", "8", "--methods", "rel-change", "--fractions", "0.3,0.6",
+                                                   "--random", "0", "--tune", "--tune-steps", "3", "--tune-batch", "2",
+                                                   "--save-rankings", dir, "--json"] + common)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let o = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        let tuned = try XCTUnwrap((o["tuned_nll"] as? [String: [Double]])?["rel-change"])
+        XCTAssertEqual(tuned.count, 2)
+        for (k, f) in [0.3, 0.6].enumerated() {
+            let out = tmp.path("ad\(k)")
+            let t = try CommandRunner.run("ila-tune", common + ["-o", out, "--ranking", "\(dir)/rel-change.json", "--top", "\(f)",
+                                                               "--steps", "3", "--batch", "2", "--lr", "2e-3", "--eval",
+                                                               "\(data)/pyapi.eval.jsonl", "--eval-limit", "8", "--save-every", "0"])
+            XCTAssertEqual(t.status, 0, t.stderr)
+            let nll = try XCTUnwrap(try json(out + "/train_log.json")["eval_nll"] as? Double)
+            XCTAssertEqual(tuned[k], nll, accuracy: 1e-9 * nll, "F = \(f)")
+        }
+        XCTAssertNotEqual(tuned[0], tuned[1])
+    }
 }
