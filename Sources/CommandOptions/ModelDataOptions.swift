@@ -108,11 +108,7 @@ public func loadModelEngine(base: String, deltas: String?, seqLen: Int, maxMemor
     let model = try BaseModel(path: base) { checkpoint, spec in
         var plan = MemoryPlan(spec: spec, checkpoint: checkpoint, deltas: store, gradient: gradient)
         plan.runtime = MemoryPlan.runtimeBytes(gemmOptions.backend)
-        let available = MemoryPlan.available()
-        // Ranks on one host share its memory (--max-memory is per rank).
-        let budget = maxMemory.flatMap(MemoryPlan.parseSize) ?? available.bytes / Collective.localSize
-        tokenBudget = try plan.budget(budget, rowTokens: seqLen, source: maxMemory == nil ? available.source : "--max-memory",
-                                      what: base, forceRecompute: recompute && gradient)
+        tokenBudget = try plan.tokenBudget(maxMemory: maxMemory, rowTokens: seqLen, what: base, forceRecompute: recompute && gradient)
         memoryPlan = plan
     }
     do {
@@ -128,6 +124,17 @@ public func loadModelEngine(base: String, deltas: String?, seqLen: Int, maxMemor
         throw e.underlying
     } catch let e as ILAError {
         throw ILAError(file: deltas ?? base, "does not fit base \(base): \(e.message)")
+    }
+}
+
+extension MemoryPlan {
+    /// Plans the micro-batch against `--max-memory` (per rank) or this host's available memory
+    /// shared by its ranks; sets `recompute` when one row fits only that way.
+    public mutating func tokenBudget(maxMemory: String?, rowTokens: Int, what: String, forceRecompute: Bool) throws -> Int {
+        let available = MemoryPlan.available()
+        let budget = maxMemory.flatMap(MemoryPlan.parseSize) ?? available.bytes / Collective.localSize
+        return try self.budget(budget, rowTokens: rowTokens, source: maxMemory == nil ? available.source : "--max-memory",
+                               what: what, forceRecompute: forceRecompute)
     }
 }
 

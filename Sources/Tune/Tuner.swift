@@ -87,6 +87,12 @@ public final class Tuner {
         plan = BatchPlan(rows: rows.count, rowsPerStep: o.rowsPerStep, order: o.order, seed: o.seed)
     }
 
+    /// The rows that can contribute to a step: those with a response token within seq_len
+    /// (a row whose response the truncation cut off entirely adds nothing to any step).
+    public static func trainingRows(_ rows: [TokenizedRow]) -> [TokenizedRow] {
+        rows.filter { r in r.labels.dropFirst().contains { $0 != -100 } }
+    }
+
     public var gammaOnes: [Float] { [Float](repeating: 1, count: parameters.layers.count) }
 
     /// The learning rate of step k (0-based).
@@ -169,13 +175,18 @@ public final class Tuner {
 
     // MARK: resumable state
 
-    /// Every float of the resumable state: the parameters, then both moments (table order).
-    public var stateBuffers: [FloatBuffer] { parameters.values + optimizer.m + optimizer.v }
+    /// The resumable state's tables by name: the parameters, then both moments (table order).
+    var stateTables: [(tag: String, buffers: [FloatBuffer])] {
+        [("param", parameters.values), ("exp_avg", optimizer.m), ("exp_avg_sq", optimizer.v)]
+    }
+
+    /// Every float of the resumable state, in `stateTables` order.
+    public var stateBuffers: [FloatBuffer] { stateTables.flatMap(\.buffers) }
 
     /// Tensors of the state file: the parameters and both moments.
     func stateTensors() -> [SafetensorsOutput.Tensor] {
         var out: [SafetensorsOutput.Tensor] = []
-        for (tag, table) in [("param", parameters.values), ("exp_avg", optimizer.m), ("exp_avg_sq", optimizer.v)] {
+        for (tag, table) in stateTables {
             for (t, buf) in table.enumerated() {
                 out.append(.init(name: "\(tag).\(parameters.tensorName(t))", shape: parameters.shape(t)) { dst in
                     dst.baseAddress!.update(from: buf.p, count: buf.count)
@@ -211,7 +222,7 @@ public final class Tuner {
         guard step == saved.step, saved.log.count == saved.step, saved.step <= saved.options.steps else {
             throw ILAError(file: path, "state is inconsistent (step counts differ)")
         }
-        for (tag, table) in [("param", parameters.values), ("exp_avg", optimizer.m), ("exp_avg_sq", optimizer.v)] {
+        for (tag, table) in stateTables {
             for (t, buf) in table.enumerated() {
                 let name = "\(tag).\(parameters.tensorName(t))"
                 guard let info = file.info(name), info.shape == parameters.shape(t) else {

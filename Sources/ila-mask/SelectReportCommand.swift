@@ -128,7 +128,7 @@ struct SelectReportCommand: ParsableCommand {
         LoRAInitialisation.peftDefault(params, seed: o.seed)
         let engine = try TransformerEngine(weights: model.weights, training: params, maxSequenceLength: options.seqLen,
                                            gemm: options.gemmOptions)
-        let rows = train.filter { r in r.labels.dropFirst().contains { $0 != -100 } }
+        let rows = Tuner.trainingRows(train)
         let tuner = try Tuner(engine: engine, rows: rows, progress: TuneProgress(options: o, fingerprint: "", layers: layers.map(\.layer.name)))
         let bar = ProgressBar(total: tuneSteps, label: "tune \(layers.count) layers")
         while tuner.progress.step < tuneSteps { let s = try tuner.step(); bar.update(s.step, detail: String(format: "loss %.4f", s.loss)) }

@@ -187,7 +187,6 @@ struct TuneCommand: ParsableCommand {
             throw ValidationError("--layers \(layers) is not a valid regular expression")
         }
         if let m = maxMemory, MemoryPlan.parseSize(m) == nil { throw ValidationError("--max-memory \(m) is not a size (e.g. 16G)") }
-        if output.hasSuffix("/") && output.count > 1 { return }
     }
 
     func milestones() throws -> [Int] {
@@ -245,11 +244,7 @@ struct TuneCommand: ParsableCommand {
                     let s = spec.shape(of: l.kind)!
                     return n + rank * (s.in + s.out)
                 }
-                let available = MemoryPlan.available()
-                // Ranks on one host share its memory (--max-memory is per rank).
-                let budget = maxMemory.flatMap(MemoryPlan.parseSize) ?? available.bytes / Collective.localSize
-                tokenBudget = try plan.budget(budget, rowTokens: seqLen, source: maxMemory == nil ? available.source : "--max-memory",
-                                              what: base, forceRecompute: recompute)
+                tokenBudget = try plan.tokenBudget(maxMemory: maxMemory, rowTokens: seqLen, what: base, forceRecompute: recompute)
                 planned = plan
             }
             let spec = model.spec
@@ -297,7 +292,7 @@ struct TuneCommand: ParsableCommand {
             let allRows = try model.rows(path: data, format: format, seqLen: seqLen, limit: limit)
             guard !allRows.isEmpty else { throw ILAError(file: data, "holds no rows") }
             // A row whose response is cut off entirely by --seq-len adds nothing to any step.
-            let rows = allRows.filter { r in r.labels.dropFirst().contains { $0 != -100 } }
+            let rows = Tuner.trainingRows(allRows)
             guard !rows.isEmpty else {
                 throw ILAError(file: data, "no row has a response token within --seq-len \(seqLen)")
             }

@@ -25,27 +25,9 @@ enum MPI {
     /// `mpirun --oversubscribe -np N <tool> args` (plus `extra` mpirun options), started.
     static func start(np: Int, _ tool: String, _ args: [String], mpirunOptions extra: [String] = [],
                       wrapper: [String] = []) throws -> (Process, URL, URL) {
-        let p = Process()
-        let mpirun = try mpirun()
-        let command = [mpirun, "--oversubscribe", "-np", "\(np)"] + extra + [try CommandRunner.binary(tool)] + args
-        if wrapper.isEmpty {
-            p.executableURL = URL(fileURLWithPath: command[0])
-            p.arguments = Array(command.dropFirst())
-        } else {
-            p.executableURL = URL(fileURLWithPath: wrapper[0])
-            p.arguments = Array(wrapper.dropFirst()) + command
-        }
-        p.environment = environment
-        let tmp = FileManager.default.temporaryDirectory
-        let out = tmp.appendingPathComponent("ila-mpi-out-\(UUID().uuidString)")
-        let err = tmp.appendingPathComponent("ila-mpi-err-\(UUID().uuidString)")
-        FileManager.default.createFile(atPath: out.path, contents: nil)
-        FileManager.default.createFile(atPath: err.path, contents: nil)
-        p.standardOutput = try FileHandle(forWritingTo: out)
-        p.standardError = try FileHandle(forWritingTo: err)
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        return (p, out, err)
+        let command = [try mpirun(), "--oversubscribe", "-np", "\(np)"] + extra + [try CommandRunner.binary(tool)] + args
+        let full = wrapper + command
+        return try CommandRunner.start(executable: full[0], Array(full.dropFirst()), environment: environment)
     }
 
     static func run(np: Int, _ tool: String, _ args: [String], mpirunOptions extra: [String] = [],

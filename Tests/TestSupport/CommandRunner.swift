@@ -41,9 +41,15 @@ public enum CommandRunner {
 
     /// Starts `name args`; stdout and stderr go to files so large output cannot block.
     public static func start(_ name: String, _ args: [String]) throws -> (Process, URL, URL) {
+        try start(executable: try binary(name), args)
+    }
+
+    /// Starts any executable the same way (environment: the test runner's unless given).
+    public static func start(executable: String, _ args: [String], environment: [String: String]? = nil) throws -> (Process, URL, URL) {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: try binary(name))
+        p.executableURL = URL(fileURLWithPath: executable)
         p.arguments = args
+        if let environment { p.environment = environment }
         let tmp = FileManager.default.temporaryDirectory
         let out = tmp.appendingPathComponent("ila-out-\(UUID().uuidString)")
         let err = tmp.appendingPathComponent("ila-err-\(UUID().uuidString)")
