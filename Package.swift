@@ -54,7 +54,7 @@ let package = Package(
         // architecture descriptions: config.json per family, RoPE variants, weights
         .target(name: "ILAModel", dependencies: ["ILADiff"], path: "Sources/Model", swiftSettings: optimized),
         // the engine's inner loops (pointer arithmetic on buffers it sized itself)
-        .target(name: "ILAEngine", dependencies: ["ILAModel", "ILABLAS", "ILADiff"], path: "Sources/Engine",
+        .target(name: "ILAEngine", dependencies: ["ILAModel", "ILABLAS", "ILADiff", "ILACollective"], path: "Sources/Engine",
                 swiftSettings: [.unsafeFlags(["-Ounchecked"])]),
         // tokenizer, data, the ILA objective and learner
         .target(name: "ILAMask", dependencies: ["ILADiff", "ILAModel", "ILAEngine", "ILACollective"], path: "Sources/Mask",

@@ -28,6 +28,12 @@ static __typeof__(MPI_Barrier) *p_barrier;
 static __typeof__(MPI_Finalize) *p_finalize;
 static __typeof__(MPI_Abort) *p_abort;
 static __typeof__(MPI_Get_library_version) *p_library_version;
+static __typeof__(MPI_Send) *p_send;
+static __typeof__(MPI_Recv) *p_recv;
+static __typeof__(MPI_Isend) *p_isend;
+static __typeof__(MPI_Wait) *p_wait;
+static __typeof__(MPI_Test) *p_test;
+static MPI_Status *status_ignore = MPI_STATUS_IGNORE;
 
 int ila_mpi_launched(void) {
     static const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE", NULL};
@@ -60,6 +66,11 @@ int ila_mpi_init(char *err, int err_size) {
     SYM(p_finalize, "MPI_Finalize");
     SYM(p_abort, "MPI_Abort");
     SYM(p_library_version, "MPI_Get_library_version");
+    SYM(p_send, "MPI_Send");
+    SYM(p_recv, "MPI_Recv");
+    SYM(p_isend, "MPI_Isend");
+    SYM(p_wait, "MPI_Wait");
+    SYM(p_test, "MPI_Test");
     // The predefined handles are the addresses of these globals (mpi.h's OMPI_PREDEFINED_GLOBAL).
     SYM(comm_world, "ompi_mpi_comm_world");
     SYM(t_double, "ompi_mpi_double");
@@ -104,6 +115,52 @@ int ila_mpi_bcast_bytes(void *buf, int64_t count, int root) {
         if (rc != MPI_SUCCESS) return rc;
     }
     return 0;
+}
+
+// Point-to-point floats (pipeline stages). A message longer than 2^30 floats is sent in pieces,
+// each with the same tag; MPI keeps messages between two ranks with one tag in order.
+int ila_mpi_recv_float(float *buf, int64_t count, int source, int tag) {
+    if (!active) return -1;
+    for (int64_t off = 0; off < count; off += piece) {
+        int n = (int)(count - off < piece ? count - off : piece);
+        int rc = p_recv(buf + off, n, t_float, source, tag, comm_world, status_ignore);
+        if (rc != MPI_SUCCESS) return rc;
+    }
+    return 0;
+}
+
+int ila_mpi_isend_float(const float *buf, int64_t count, int dest, int tag, void **requests, int max_requests) {
+    if (!active) return -1;
+    int k = 0;
+    for (int64_t off = 0; off < count || (count == 0 && k == 0); off += piece) {
+        if (k >= max_requests) return -1;
+        int n = (int)(count - off < piece ? count - off : piece);
+        MPI_Request r;
+        int rc = p_isend(buf + off, n, t_float, dest, tag, comm_world, &r);
+        if (rc != MPI_SUCCESS) return rc;
+        requests[k++] = (void *)r;
+        if (count == 0) break;
+    }
+    for (; k < max_requests; k++) requests[k] = NULL;
+    return 0;
+}
+
+int ila_mpi_wait(void **request) {
+    if (!active) return -1;
+    if (!*request) return 0;
+    MPI_Request r = (MPI_Request)*request;
+    int rc = p_wait(&r, status_ignore);
+    *request = NULL;
+    return rc;
+}
+
+int ila_mpi_test(void **request, int *done) {
+    if (!active) return -1;
+    if (!*request) { *done = 1; return 0; }
+    MPI_Request r = (MPI_Request)*request;
+    int rc = p_test(&r, done, status_ignore);
+    if (*done) *request = NULL;
+    return rc;
 }
 
 int ila_mpi_barrier(void) { if (!active) return -1; return p_barrier(comm_world); }

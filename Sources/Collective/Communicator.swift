@@ -17,6 +17,13 @@ public protocol Communicator: AnyObject, Sendable {
     /// Root's bytes to every rank (counts must agree).
     func broadcast(_ bytes: inout [UInt8], root: Int) throws
     func barrier() throws
+    /// Starts sending a copy of `values` to rank `to` (pipeline stages); the copy lives in the
+    /// returned request until it completes.
+    func send(_ values: UnsafeBufferPointer<Float>, to: Int, tag: Int) throws -> PendingSend
+    /// Receives exactly `into.count` floats from rank `from`.
+    func receive(into: UnsafeMutableBufferPointer<Float>, from: Int, tag: Int) throws
+    /// Consecutive ranks that form one pipeline (`--pipeline P`; 1: every rank holds the whole model).
+    var pipelineStages: Int { get }
 }
 
 extension Communicator {
@@ -37,9 +44,58 @@ extension Communicator {
         return v[0] != 0
     }
 
-    /// This rank's share of `count` items: the contiguous range [r·n/P, (r+1)·n/P). It depends on
-    /// the count, the rank and the number of ranks alone, so every rank knows every share.
-    public func share(of count: Int) -> Range<Int> { Collective.share(of: count, rank: rank, size: size) }
+    /// This rank's share of `count` items: the contiguous range [d·n/D, (d+1)·n/D) of its
+    /// replica d of D (D = ranks / pipeline stages; every stage of a pipeline runs the same rows).
+    /// It depends on the count, the rank and the number of ranks alone, so every rank knows every share.
+    public func share(of count: Int) -> Range<Int> { Collective.share(of: count, rank: replica, size: replicas) }
+
+    /// Pipeline layout: rank = replica · P + stage, so a pipeline's stages are consecutive ranks.
+    public var stage: Int { rank % pipelineStages }
+    public var replica: Int { rank / pipelineStages }
+    public var replicas: Int { size / pipelineStages }
+}
+
+/// A send in flight: the copy of the values it owns and MPI's requests (one per 2^30 floats).
+public final class PendingSend {
+    private let buffer: UnsafeMutableBufferPointer<Float>
+    private var requests: [UnsafeMutableRawPointer?]
+    public let bytes: Int
+
+    init(copying values: UnsafeBufferPointer<Float>, start: (UnsafePointer<Float>, inout [UnsafeMutableRawPointer?]) -> Int32) throws {
+        buffer = .allocate(capacity: max(values.count, 1))
+        if let base = values.baseAddress { buffer.baseAddress!.update(from: base, count: values.count) }
+        bytes = 4 * values.count
+        requests = [UnsafeMutableRawPointer?](repeating: nil, count: values.count / (1 << 30) + 1)
+        let rc = start(UnsafePointer(buffer.baseAddress!), &requests)
+        if rc != 0 {
+            for i in requests.indices { _ = ila_mpi_wait(&requests[i]) }
+            buffer.deallocate()
+            throw CollectiveError("MPI_Isend failed (MPI error \(rc))")
+        }
+    }
+
+    /// Whether it has completed; also lets MPI move it along while the caller computes.
+    public func test() -> Bool {
+        var all = true
+        for i in requests.indices where requests[i] != nil {
+            var done: Int32 = 0
+            if ila_mpi_test(&requests[i], &done) != 0 || done == 0 { all = false }
+        }
+        return all
+    }
+
+    public func wait() throws {
+        for i in requests.indices where requests[i] != nil {
+            let rc = ila_mpi_wait(&requests[i])
+            if rc != 0 { throw CollectiveError("MPI_Wait failed (MPI error \(rc))") }
+        }
+    }
+
+    deinit {
+        // The buffer must outlive the transfer.
+        for i in requests.indices where requests[i] != nil { _ = ila_mpi_wait(&requests[i]) }
+        buffer.deallocate()
+    }
 }
 
 public struct CollectiveError: Error, CustomStringConvertible {
@@ -91,6 +147,13 @@ public final class SingleProcess: Communicator {
     public func allreduceMax(_ values: inout [Int64]) throws {}
     public func broadcast(_ bytes: inout [UInt8], root: Int) throws {}
     public func barrier() throws {}
+    public var pipelineStages: Int { 1 }
+    public func send(_ values: UnsafeBufferPointer<Float>, to: Int, tag: Int) throws -> PendingSend {
+        throw CollectiveError("a single process has no rank \(to) to send to")
+    }
+    public func receive(into: UnsafeMutableBufferPointer<Float>, from: Int, tag: Int) throws {
+        throw CollectiveError("a single process has no rank \(from) to receive from")
+    }
 }
 
 /// MPI_COMM_WORLD through the CMPI shim (libmpi loaded at run time).
@@ -140,6 +203,30 @@ public final class MPICommunicator: Communicator {
     }
 
     public func barrier() throws { try check(ila_mpi_barrier(), "MPI_Barrier") }
+
+    nonisolated(unsafe) public private(set) var pipelineStages = 1
+    /// Bytes this process sent to its pipeline neighbours.
+    nonisolated(unsafe) public private(set) var bytesSent: Int = 0
+
+    /// Makes consecutive groups of `stages` ranks pipelines (the job's size must be a multiple).
+    public func configurePipeline(stages: Int) throws {
+        guard stages >= 1, size % stages == 0 else {
+            throw CollectiveError("--pipeline \(stages) does not divide the job's \(size) ranks (ranks = pipeline stages × data-parallel replicas)")
+        }
+        pipelineStages = stages
+    }
+
+    public func send(_ values: UnsafeBufferPointer<Float>, to: Int, tag: Int) throws -> PendingSend {
+        bytesSent += 4 * values.count
+        let n = Int64(values.count), max = Int32(values.count / (1 << 30) + 1)
+        return try PendingSend(copying: values) { p, requests in
+            requests.withUnsafeMutableBufferPointer { ila_mpi_isend_float(p, n, Int32(to), Int32(tag), $0.baseAddress, max) }
+        }
+    }
+
+    public func receive(into: UnsafeMutableBufferPointer<Float>, from: Int, tag: Int) throws {
+        try check(ila_mpi_recv_float(into.baseAddress, Int64(into.count), Int32(from), Int32(tag)), "MPI_Recv from rank \(from)")
+    }
 
     /// Ends every rank of the job (MPI_Abort).
     public func abort(code: Int32) -> Never {

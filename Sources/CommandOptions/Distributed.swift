@@ -1,18 +1,49 @@
+import ArgumentParser
 import Foundation
 import ILABLAS
 import ILACollective
 import ILADiff
 import ILAEngine
+import ILAModel
+
+/// `--pipeline P`: the model's blocks split over P consecutive ranks (DESIGN.md section 12).
+public struct PipelineOptions: ParsableArguments {
+    public init() {}
+
+    @Option(help: ArgumentHelp("Under mpirun: split the model's blocks into P consecutive stages on P ranks (the embedding with the first, the final norm and lm_head with the last), each loading only its own tensors, so a model larger than one machine's memory runs. The job's ranks are P × D: D data-parallel replicas of the pipeline.",
+                               valueName: "P"))
+    public var pipeline: Int = 1
+
+    @Option(name: .customLong("token-budget"),
+            help: ArgumentHelp("Tokens whose activations the engine holds at once (default: as many as fit the memory, at most 4096); a longer row still runs, alone. Under --pipeline a round of 2P micro-batches shares it.",
+                               valueName: "N"))
+    public var tokenBudget: Int?
+
+    public func validate() throws {
+        if pipeline < 1 { throw ValidationError("--pipeline must be at least 1") }
+        if let t = tokenBudget, t < 1 { throw ValidationError("--token-budget must be at least 1") }
+    }
+
+    /// The memory plan's budget, capped by --token-budget.
+    public func tokens(planned: Int) -> Int { min(planned, tokenBudget ?? planned) }
+}
 
 /// Joins the job a launcher started (DESIGN.md section 12) and returns its communicator: a single
 /// process without mpirun (no MPI library is loaded then). Under mpirun, ranks other than 0
 /// print nothing, and each rank runs BLAS and the engine on its share of this host's cores.
-public func joinJob() throws -> Communicator {
+/// With `pipeline` P > 1, consecutive groups of P ranks are pipelines.
+public func joinJob(pipeline: Int = 1) throws -> Communicator {
     let comm: Communicator
     do { comm = try Collective.world } catch let e as CollectiveError { throw ILAError(e.message) }
     if comm.size > 1 {
         silentOutput = comm.rank != 0
         BLAS.threads = threadsPerProcess()
+    }
+    if pipeline > 1 {
+        guard let mpi = comm as? MPICommunicator else {
+            throw ILAError("--pipeline \(pipeline) needs \(pipeline) ranks or a multiple under mpirun (e.g. mpirun -np \(pipeline) …); this process was started alone")
+        }
+        do { try mpi.configurePipeline(stages: pipeline) } catch let e as CollectiveError { throw ILAError(e.message) }
     }
     return comm
 }
@@ -22,5 +53,39 @@ public func fromRoot<T: Codable>(_ comm: Communicator, _ body: () throws -> T) t
     do { return try Collective.fromRoot(comm, body) } catch is Collective.RootFailed { throw ExitCodeFailure() }
 }
 
+/// Runs `body` on every rank when its failure can differ between ranks (a pipeline stage reads
+/// its own tensors), and agrees on the outcome: if it failed anywhere, the lowest failing rank
+/// prints its error line (whatever its rank) and every rank ends with exit 1.
+public func onEveryRank<T>(_ comm: Communicator, _ body: () throws -> T) throws -> T {
+    var outcome: Result<T, Error>
+    do { outcome = .success(try body()) } catch { outcome = .failure(error) }
+    guard comm.size > 1 else { return try outcome.get() }
+    var lowest: [Int64] = [0]
+    if case .failure = outcome { lowest[0] = Int64(comm.size - comm.rank) }
+    try comm.allreduceMax(&lowest)
+    guard lowest[0] > 0 else { return try outcome.get() }
+    if case .failure(let e) = outcome, comm.size - Int(lowest[0]) == comm.rank {
+        if comm.isRoot { throw e }
+        let silent = silentOutput
+        silentOutput = false
+        reportError(ILAError("rank \(comm.rank): " + ((e as? ILAError)?.message ?? "\(e)")))
+        silentOutput = silent
+    }
+    throw ExitCode.failure
+}
+
 /// Ends a rank whose rank 0 already reported the error.
 public struct ExitCodeFailure: Error { public init() {} }
+
+/// The pipeline link and part of this rank (nil and the whole model without `--pipeline`).
+public func pipelineStage(_ comm: Communicator) -> PipelineLink? {
+    comm.pipelineStages > 1 ? PipelineLink(comm: comm) : nil
+}
+
+/// The same token budget on every stage of a pipeline (the smallest): they cut the same micro-batches.
+public func agreeOnTokenBudget(_ budget: Int, _ comm: Communicator) throws -> Int {
+    guard comm.pipelineStages > 1 else { return budget }
+    var v: [Int64] = [-Int64(budget)]
+    try comm.allreduceMax(&v)
+    return Int(-v[0])
+}

@@ -77,6 +77,9 @@ public struct ModelDataOptions: ParsableArguments {
     @Flag(help: "Recompute each block's activations in the backward pass instead of keeping them (less memory, one more forward; chosen by itself when one row does not fit otherwise).")
     public var recompute = false
 
+    @OptionGroup public var pipelineOptions: PipelineOptions
+    public var pipeline: Int { pipelineOptions.pipeline }
+
     public var gemmOptions: GEMMOptions { GEMMOptions(backend: gemm, precision: precision) }
 
     public var format: DataFormat { (try? dataFormat.format()) ?? DataFormat(template: dataFormat.template, trainOn: dataFormat.trainOn) }
@@ -91,22 +94,58 @@ public struct ModelDataOptions: ParsableArguments {
 
     /// Loads the base model and the deltas (in the store's canonical order) into an engine,
     /// after the memory plan says they fit.
-    public func loadEngine(requireDeltas: Bool, gradient: Bool = false) throws -> (BaseModel, TransformerEngine, DeltaStore?, MemoryPlan) {
-        try loadModelEngine(base: base, deltas: deltas, seqLen: seqLen, maxMemory: maxMemory, recompute: recompute,
-                            gemm: gemmOptions, requireDeltas: requireDeltas, gradient: gradient)
+    /// Under `--pipeline`, this rank's stage only.
+    public func loadEngine(requireDeltas: Bool, gradient: Bool = false,
+                           comm: Communicator = SingleProcess.shared) throws -> (BaseModel, TransformerEngine, DeltaStore?, MemoryPlan) {
+        let (model, engine, store, plan) = try loadModelEngine(base: base, deltas: deltas, seqLen: seqLen, maxMemory: maxMemory,
+                                                               recompute: recompute, gemm: gemmOptions, requireDeltas: requireDeltas,
+                                                               gradient: gradient, comm: comm)
+        engine.tokenBudget = pipelineOptions.tokens(planned: engine.tokenBudget)
+        return (model, engine, store, plan)
     }
 }
 
 /// Loads the base model and the deltas (in the store's canonical order) into an engine, after the
 /// memory plan says they fit (ModelDataOptions.loadEngine; also for commands whose --data is optional).
 public func loadModelEngine(base: String, deltas: String?, seqLen: Int, maxMemory: String?, recompute: Bool, gemm gemmOptions: GEMMOptions,
-                     requireDeltas: Bool, gradient: Bool) throws -> (BaseModel, TransformerEngine, DeltaStore?, MemoryPlan) {
+                     requireDeltas: Bool, gradient: Bool,
+                     comm: Communicator = SingleProcess.shared) throws -> (BaseModel, TransformerEngine, DeltaStore?, MemoryPlan) {
+    // A pipeline stage's failure (its own tensors) ends every rank.
+    let link = pipelineStage(comm)
+    let (model, engine, store, plan) = try onEveryRank(comm) {
+        try loadModelEngineHere(base: base, deltas: deltas, seqLen: seqLen, maxMemory: maxMemory, recompute: recompute,
+                                gemm: gemmOptions, requireDeltas: requireDeltas, gradient: gradient, pipeline: link)
+    }
+    if let link {
+        engine.pipeline = link
+        engine.tokenBudget = try agreeOnTokenBudget(engine.tokenBudget, comm)
+        // Recomputation is the stages' common choice too (it changes no result, only memory).
+        engine.recompute = try comm.any(engine.recompute)
+    }
+    return (model, engine, store, plan)
+}
+
+/// The part of the model a pipeline stage holds, or a refusal when there are more stages than blocks.
+public func stagePart(_ link: PipelineLink?, base: String) -> ((TransformerSpec) throws -> ModelPart)? {
+    guard let link else { return nil }
+    return { spec in
+        guard link.stages <= spec.blocks else {
+            throw ILAError(file: base, "has \(spec.blocks) blocks, fewer than the \(link.stages) pipeline stages of --pipeline \(link.stages)")
+        }
+        return link.part(spec)
+    }
+}
+
+private func loadModelEngineHere(base: String, deltas: String?, seqLen: Int, maxMemory: String?, recompute: Bool, gemm gemmOptions: GEMMOptions,
+                                 requireDeltas: Bool, gradient: Bool,
+                                 pipeline link: PipelineLink?) throws -> (BaseModel, TransformerEngine, DeltaStore?, MemoryPlan) {
     if requireDeltas && deltas == nil { throw ILAError("--deltas is required") }
     let store = try deltas.map { try DeltaStore(path: $0) }
     var tokenBudget = 4096
     var memoryPlan: MemoryPlan?
-    let model = try BaseModel(path: base) { checkpoint, spec in
-        var plan = MemoryPlan(spec: spec, checkpoint: checkpoint, deltas: store, gradient: gradient)
+    let partOf = stagePart(link, base: base)
+    let model = try BaseModel(path: base, part: partOf) { checkpoint, spec in
+        var plan = MemoryPlan(spec: spec, checkpoint: checkpoint, deltas: store, gradient: gradient, part: try partOf?(spec))
         plan.runtime = MemoryPlan.runtimeBytes(gemmOptions.backend)
         tokenBudget = try plan.tokenBudget(maxMemory: maxMemory, rowTokens: seqLen, what: base, forceRecompute: recompute && gradient)
         memoryPlan = plan

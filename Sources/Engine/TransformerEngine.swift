@@ -10,6 +10,8 @@ enum MaskedUpdate {
     case full(delta: WeightMatrix)
     /// Δ = scale · B·A, A [r, in], B [out, r]; never materialised.
     case lora(a: FloatBuffer, b: FloatBuffer, rank: Int, scale: Float)
+    /// A layer of a block another pipeline stage runs (not loaded here).
+    case elsewhere
 
     /// A delta file's layer; a dense Δ whose values are float16 already (`half`) stays float16.
     init(delta d: LayerDelta, half: Bool) {
@@ -27,6 +29,7 @@ enum MaskedUpdate {
         switch self {
         case .full(let d): return d.rows
         case .lora(_, let b, let r, _): return r > 0 ? b.count / r : 0
+        case .elsewhere: return 0
         }
     }
 
@@ -34,6 +37,7 @@ enum MaskedUpdate {
         switch self {
         case .full(let d): return d.cols
         case .lora(let a, _, let r, _): return r > 0 ? a.count / r : 0
+        case .elsewhere: return 0
         }
     }
 }
@@ -73,17 +77,27 @@ final class Activations {
     var bytes: Int {
         let lists = [xIn, rstd1, xn1, qkv, qk, qkRstd, att, attnProj, rstdAttnProj, mlpProj, rstdMlpProj, xMid, rstd2, xn2, gateUp, h]
         return 4 * (lists.joined().map(\.count).reduce(0, +) + loraU.values.map(\.count).reduce(0, +)
-                    + normed.count + xOut.count + rstdF.count + xnF.count)
+                    + normed.count + xOut.count + rstdF.count + xnF.count + dRes.count)
     }
-    /// Final residual [T, H], its rstd [T] and normalised output [T, H].
+    /// Final residual [T, H], its rstd [T] and normalised output [T, H] (the last stage's).
     let xOut: FloatBuffer, rstdF: FloatBuffer, xnF: FloatBuffer
+    /// d Σ NLL / d(residual stream) [T, H], carried down the blocks in the backward pass.
+    let dRes: FloatBuffer
 
-    init(spec c: TransformerSpec, capacity T: Int, loraRanks: [Int: Int], keepForBackward: Bool, recompute: Bool = false) {
+    /// For the blocks of `part` (the whole model, or a pipeline stage's; the other blocks' entries are empty).
+    init(spec c: TransformerSpec, capacity T: Int, loraRanks: [Int: Int], keepForBackward: Bool, recompute: Bool = false,
+         part: ModelPart) {
         capacity = T
-        let B = keepForBackward && !recompute ? c.blocks : 1
-        func make(_ n: Int, _ on: Bool = true, count: Int = B) -> [FloatBuffer] { on ? (0..<count).map { _ in FloatBuffer(T * n) } : [] }
+        let kept = keepForBackward && !recompute
+        // Per block when kept (empty outside the part), else one set for every block.
+        func make(_ n: Int, _ on: Bool = true, kept: Bool = kept, extra: Int? = nil) -> [FloatBuffer] {
+            guard on else { return [] }
+            guard kept else { return [FloatBuffer(T * n)] }
+            return (0..<c.blocks).map { b in FloatBuffer(part.blocks.contains(b) || b == extra ? T * n : 0) }
+        }
         let I = c.intermediateSize, H = c.hiddenSize
-        xIn = make(H, count: keepForBackward ? c.blocks : 1); rstd1 = make(1); xn1 = make(H)
+        // xIn also holds the stage's output: the next stage's input.
+        xIn = make(H, kept: keepForBackward, extra: part.blocks.upperBound); rstd1 = make(1); xn1 = make(H)
         qkv = make(c.qkvDim); qk = make(c.qDim + c.kvDim); qkRstd = make(c.heads + c.kvHeads, c.qkNorm)
         att = make(c.qDim)
         attnProj = make(H, c.sandwichNorms); rstdAttnProj = make(1, c.sandwichNorms)
@@ -93,19 +107,26 @@ final class Activations {
         loraU = [:]
         for (i, r) in loraRanks { loraU[i] = FloatBuffer(T * r) }
         normed = FloatBuffer(c.sandwichNorms ? T * H : 0)
-        xOut = FloatBuffer(T * H); rstdF = FloatBuffer(T); xnF = FloatBuffer(T * H)
+        let head = part.head ? T : 0
+        xOut = FloatBuffer(head * H); rstdF = FloatBuffer(head); xnF = FloatBuffer(head * H)
+        dRes = FloatBuffer(keepForBackward ? T * H : 0)
     }
 
-    /// Bytes per token of the activations (every block's with `keepForBackward`, else one
+    /// Bytes per token of the activations (every block's of `part` with `keepForBackward`, else one
     /// block's) plus, for the backward pass, the gradient scratch.
-    static func bytesPerToken(_ c: TransformerSpec, keepForBackward: Bool = true, recompute: Bool = false) -> Int {
+    static func bytesPerToken(_ c: TransformerSpec, keepForBackward: Bool = true, recompute: Bool = false,
+                              part: ModelPart? = nil) -> Int {
+        let part = part ?? .whole(c)
+        let blocks = part.blocks.count
         let H = c.hiddenSize, I = c.intermediateSize
         // Per block, besides its input xIn [T, H].
         var perBlock = 3 * H + 2 + c.qkvDim + c.qDim + c.kvDim + c.qDim + 3 * I
         if c.qkNorm { perBlock += c.heads + c.kvHeads }
         if c.sandwichNorms { perBlock += 2 * H + 2 }
-        let kept = keepForBackward && !recompute ? c.blocks : 1
-        var floats = perBlock * kept + H * (keepForBackward ? c.blocks : 1) + 4 * H + (c.sandwichNorms ? H : 0)
+        let kept = keepForBackward && !recompute ? blocks : 1
+        // Block inputs (and a stage's output), the final norm's (last stage), normed scratch.
+        var floats = perBlock * kept + H * (keepForBackward ? blocks + (part.head ? 0 : 1) : 1)
+            + (part.head ? 4 * H : 2 * H) + (c.sandwichNorms ? H : 0)
         if keepForBackward { floats += 4 * H + c.qkvDim + c.qDim + c.kvDim + c.qDim + 3 * I }
         return 4 * floats
     }
@@ -166,6 +187,7 @@ public final class TransformerEngine: @unchecked Sendable {
             switch u {
             case .full(let d): return d.bytes
             case .lora(let a, let b, _, _): return 4 * (a.count + b.count)
+            case .elsewhere: return 0
             }
         }.reduce(0, +)
     }
@@ -184,10 +206,18 @@ public final class TransformerEngine: @unchecked Sendable {
     /// Sees each block's residual streams in forward passes (see HiddenStates.swift).
     var hiddenStateHook: HiddenStateHook?
 
+    /// This engine's neighbours when it is one stage of a pipeline (its weights are that stage's
+    /// part); nil when it runs the whole model.
+    public var pipeline: PipelineLink?
+
+    /// Whether this engine's results carry the NLL, tokens and rows (the last stage's do).
+    public var reportsLoss: Bool { weights.part.head }
+
     /// Bytes of activations kept per token for the backward pass, over all blocks (with
     /// `recompute`, every block's input and one block's activations).
-    public static func activationBytesPerToken(_ c: TransformerSpec, gradient: Bool = true, recompute: Bool = false) -> Int {
-        Activations.bytesPerToken(c, keepForBackward: gradient, recompute: recompute)
+    public static func activationBytesPerToken(_ c: TransformerSpec, gradient: Bool = true, recompute: Bool = false,
+                                               part: ModelPart? = nil) -> Int {
+        Activations.bytesPerToken(c, keepForBackward: gradient, recompute: recompute, part: part)
     }
 
     /// Bytes of the logits chunk and its row copies (512 loss positions at a time).
@@ -247,15 +277,16 @@ public final class TransformerEngine: @unchecked Sendable {
         var slot = [[LayerKind: Int]](repeating: [:], count: spec.blocks)
         var updates: [MaskedUpdate] = []
         for (i, l) in layers.enumerated() {
-            let u = try load(i, l)
             guard l.block < spec.blocks else {
                 throw ILAError("delta \(l.name): block \(l.block) but the model has \(spec.blocks) blocks")
             }
+            // Another pipeline stage's layer: that stage loads and checks it.
+            let u = weights.part.blocks.contains(l.block) ? try load(i, l) : .elsewhere
             guard let s = spec.shape(of: l.kind), spec.layerName(block: l.block, kind: l.kind) == l.name else {
                 let expected = spec.layerName(block: l.block, kind: l.kind).map { " (the model's layer is \($0))" } ?? ""
                 throw ILAError("delta \(l.name): \(spec.architecture) has no such linear layer\(expected); its kinds are \(spec.kinds.map(\.rawValue).joined(separator: " "))")
             }
-            guard u.outFeatures == s.out, u.inFeatures == s.in else {
+            if case .elsewhere = u {} else if u.outFeatures != s.out || u.inFeatures != s.in {
                 throw ILAError("delta \(l.name): shape [\(u.outFeatures), \(u.inFeatures)] but the model's layer is [\(s.out), \(s.in)]")
             }
             guard slot[l.block][l.kind] == nil else { throw ILAError("delta \(l.name) given twice") }
@@ -314,6 +345,7 @@ public final class TransformerEngine: @unchecked Sendable {
             }
         }
         setGamma(gamma)
+        if let pipeline { return try runPipelined(rows: rows, gradient: gradient, pipeline) }
         var result = EngineResult(nllSum: 0, tokens: 0, rows: rows.count,
                                   dNllSumDGamma: gradient ? [Double](repeating: 0, count: gamma.count) : [])
         // Micro-batches of whole rows within the token budget.
@@ -329,15 +361,66 @@ public final class TransformerEngine: @unchecked Sendable {
             largestMicroBatch = max(largestMicroBatch, tokens)
             if acts == nil || acts!.capacity < tokens {
                 acts = Activations(spec: spec, capacity: max(tokens, min(tokenBudget, rows.map(\.ids.count).reduce(0, +))),
-                                   loraRanks: loraRanks, keepForBackward: gradient, recompute: recompute)
+                                   loraRanks: loraRanks, keepForBackward: gradient, recompute: recompute, part: weights.part)
                 activationBytesAllocated = max(activationBytesAllocated, acts!.bytes)
             }
-            let r = microBatch(batch, acts!, gradient: gradient)
+            let r = try microBatch(batch, acts!, gradient: gradient)
             result.nllSum += r.nllSum
             result.tokens += r.tokens
             if gradient { for i in 0..<gamma.count { result.dNllSumDGamma[i] += r.dNllSumDGamma[i] } }
             start = end
         }
+        return result
+    }
+
+    /// A pipeline stage's run (DESIGN.md section 12): every stage of the pipeline gets the same
+    /// rows. They are cut into micro-batches of whole rows of at most tokenBudget / 2P tokens,
+    /// streamed through the stages in rounds of 2P (GPipe: a round's forwards, then its backwards
+    /// in reverse), so that the stages work on different micro-batches at once and a round's kept
+    /// activations fit the token budget. The last stage reports Σ NLL, tokens and rows (the others
+    /// 0); each stage reports dγ of its own layers: the job's allreduce adds them up.
+    private func runPipelined(rows: [TokenizedRow], gradient: Bool, _ link: PipelineLink) throws -> EngineResult {
+        let P = link.stages, perMicroBatch = max(1, tokenBudget / (2 * P))
+        var batches: [RowLayout] = []
+        var start = 0
+        while start < rows.count {
+            var end = start, tokens = 0
+            while end < rows.count && (end == start || tokens + rows[end].ids.count <= perMicroBatch) {
+                tokens += rows[end].ids.count
+                end += 1
+            }
+            batches.append(RowLayout(Array(rows[start..<end])))
+            start = end
+        }
+        var result = EngineResult(nllSum: 0, tokens: 0, rows: 0, dNllSumDGamma: gradient ? [Double](repeating: 0, count: updates.count) : [])
+        func add(_ r: EngineResult) { result.nllSum += r.nllSum; result.tokens += r.tokens; result.rows += r.rows }
+        let largest = batches.map(\.T).max() ?? 0
+        largestMicroBatch = max(largestMicroBatch, largest)
+        func activations(_ tokens: Int) -> Activations {
+            Activations(spec: spec, capacity: tokens, loraRanks: loraRanks, keepForBackward: gradient, recompute: recompute,
+                        part: weights.part)
+        }
+        if !gradient {
+            let acts = activations(largest)
+            activationBytesAllocated = max(activationBytesAllocated, acts.bytes)
+            for m in batches { add(try forward(m, acts, gradient: false, scratch: nil)) }
+        } else {
+            let scratch = makeScratch(tokens: largest)
+            var pool: [Activations] = []
+            for first in stride(from: 0, to: batches.count, by: 2 * P) {
+                let round = Array(batches[first..<min(first + 2 * P, batches.count)])
+                for (k, m) in round.enumerated() where k >= pool.count || pool[k].capacity < m.T {
+                    if k < pool.count { pool[k] = activations(m.T) } else { pool.append(activations(m.T)) }
+                }
+                activationBytesAllocated = max(activationBytesAllocated, pool.map(\.bytes).reduce(0, +))
+                for (k, m) in round.enumerated() { add(try forward(m, pool[k], gradient: true, scratch: scratch)) }
+                for (k, m) in round.enumerated().reversed() {
+                    let d = try backward(m, pool[k], scratch: scratch)
+                    for i in d.indices { result.dNllSumDGamma[i] += d[i] }
+                }
+            }
+        }
+        try link.finish()
         return result
     }
 
@@ -392,6 +475,8 @@ public final class TransformerEngine: @unchecked Sendable {
             let dW = scratch.weightGrad
             gemm.gemmAtPrecision(transA: true, m: O, n: I, k: T, dy, lda: ldOut, x, dW.p)
             dGamma[i] += delta.dot(UnsafePointer(dW.p))
+        case .elsewhere:
+            break
         case .lora(let a, let b, let r, let scale):
             // v = dY·B [T, r]; dγ = scale·Σ v∘u; dx += γ·scale·v·A
             let v = scratch.loraV
@@ -428,14 +513,14 @@ public final class TransformerEngine: @unchecked Sendable {
     final class Scratch {
         let weightGrad: FloatBuffer
         let loraV: FloatBuffer
-        let dx: FloatBuffer, dRes: FloatBuffer, dxn: FloatBuffer, dProj: FloatBuffer
+        let dx: FloatBuffer, dxn: FloatBuffer, dProj: FloatBuffer
         let dqkv: FloatBuffer, dqk: FloatBuffer, datt: FloatBuffer
         let dGateUp: FloatBuffer, dh: FloatBuffer
         init(spec c: TransformerSpec, T: Int, maxWeight: Int, maxRank: Int) {
             let H = c.hiddenSize, I = c.intermediateSize
             weightGrad = FloatBuffer(maxWeight)
             loraV = FloatBuffer(T * maxRank)
-            dx = FloatBuffer(T * H); dRes = FloatBuffer(T * H); dxn = FloatBuffer(T * H)
+            dx = FloatBuffer(T * H); dxn = FloatBuffer(T * H)
             dProj = FloatBuffer(c.sandwichNorms ? T * H : 0)
             dqkv = FloatBuffer(T * c.qkvDim); dqk = FloatBuffer(T * (c.qDim + c.kvDim)); datt = FloatBuffer(T * c.qDim)
             dGateUp = FloatBuffer(T * 2 * I); dh = FloatBuffer(T * I)
@@ -444,31 +529,51 @@ public final class TransformerEngine: @unchecked Sendable {
 
     // MARK: one micro-batch
 
-    private func microBatch(_ rows: [TokenizedRow], _ acts: Activations, gradient: Bool) -> EngineResult {
+    /// Where a micro-batch's rows lie in its [T, ·] buffers (the rows' tokens are consecutive).
+    struct RowLayout {
+        let rows: [TokenizedRow]
+        let T: Int
+        /// Row r's tokens are [rowStart[r], rowStart[r + 1]).
+        let rowStart: [Int]
+        let maxL: Int
+        init(_ rows: [TokenizedRow]) {
+            self.rows = rows
+            rowStart = rows.reduce(into: [0]) { $0.append($0.last! + $1.ids.count) }
+            T = rowStart.last!
+            maxL = rows.map(\.ids.count).max() ?? 0
+        }
+    }
+
+    /// One micro-batch, forward and (with `gradient`) backward.
+    private func microBatch(_ rows: [TokenizedRow], _ acts: Activations, gradient: Bool) throws -> EngineResult {
+        let m = RowLayout(rows)
+        let scratch = gradient ? makeScratch(tokens: m.T) : nil
+        var result = try forward(m, acts, gradient: gradient, scratch: scratch)
+        if let scratch { result.dNllSumDGamma = try backward(m, acts, scratch: scratch) }
+        return result
+    }
+
+    /// Attention over a row of L tokens in block b: q | k packed in qk, v in qkv.
+    private func attentionRow(_ L: Int, _ b: Int) -> AttentionRow {
+        let c = spec, qkDim = c.qDim + c.kvDim
+        return AttentionRow(L: L, headDim: c.headDim, qStride: qkDim, kStride: qkDim, vStride: c.qkvDim, outStride: c.qDim,
+                            scale: c.attentionScale, softcap: c.attentionSoftcap, window: c.layers[b].slidingWindow)
+    }
+
+    private func makeScratch(tokens: Int) -> Scratch {
+        Scratch(spec: spec, T: tokens, maxWeight: maxWeightSize, maxRank: loraRanks.values.max() ?? 0)
+    }
+
+    /// One block's forward: its input is xIn[b] (or the one xIn without backward), its
+    /// activations go to slot s, its output to the next block's input (or xOut).
+    private func blockForward(_ b: Int, slot s: Int, _ m: RowLayout, _ acts: Activations, gradient: Bool) {
         let c = spec
-        let H = c.hiddenSize, I = c.intermediateSize, T = rows.map(\.ids.count).reduce(0, +)
+        let H = c.hiddenSize, I = c.intermediateSize, T = m.T
         let hd = c.headDim, qDim = c.qDim, kvDim = c.kvDim, qkvDim = c.qkvDim, qkDim = qDim + kvDim
         let nq = c.heads, nkv = c.kvHeads, group = nq / nkv
         let eps = c.normEps
-        let rowStart = rows.reduce(into: [0]) { $0.append($0.last! + $1.ids.count) }
-        let maxL = rows.map(\.ids.count).max() ?? 0
-        let capped = c.attentionSoftcap != nil
-        func attn(_ L: Int, _ b: Int) -> AttentionRow {
-            AttentionRow(L: L, headDim: hd, qStride: qkDim, kStride: qkDim, vStride: qkvDim, outStride: qDim,
-                         scale: c.attentionScale, softcap: c.attentionSoftcap, window: c.layers[b].slidingWindow)
-        }
-
-        // Embedding (× √hidden for Gemma).
-        let x0 = acts.xIn[0]
-        for (t, id) in rows.flatMap(\.ids).enumerated() {
-            let dst = x0.p + t * H
-            weights.embed.widen(rows: id..<(id + 1), into: dst)
-            if let s = c.embeddingScale { for i in 0..<H { dst[i] *= s } }
-        }
-        // One block's forward: its input is xIn[b] (or the one xIn without backward), its
-        // activations go to slot s, its output to the next block's input (or xOut).
-        let recompute = gradient && self.recompute
-        func blockForward(_ b: Int, slot s: Int) {
+        let rows = m.rows, rowStart = m.rowStart, maxL = m.maxL
+        let capped = c.attentionSoftcap != nil, attn = attentionRow
             let xIn = acts.xIn[gradient ? b : 0], xn1 = acts.xn1[s], qkv = acts.qkv[s], qk = acts.qk[s]
             let att = acts.att[s], xMid = acts.xMid[s], xn2 = acts.xn2[s], gateUp = acts.gateUp[s], h = acts.h[s]
             let bw = weights.blocks[b]
@@ -533,8 +638,38 @@ public final class TransformerEngine: @unchecked Sendable {
                 stageForward(.mlpOut, next.p, ldOut: H, h.p, block: b, T: T, acts: acts, gradient: gradient)
                 addInPlace(next.p, xMid.p, T * H)
             }
+    }
+
+    /// The forward pass of a micro-batch over this engine's blocks: from the embedding (or, in a
+    /// pipeline, the previous stage's output) through the blocks to the final norm and the loss
+    /// (or the next stage). With `gradient`, d Σ NLL / d(the last block's output) goes to acts.dRes.
+    private func forward(_ m: RowLayout, _ acts: Activations, gradient: Bool, scratch: Scratch?) throws -> EngineResult {
+        let c = spec, H = c.hiddenSize, T = m.T, eps = c.normEps
+        let rows = m.rows, rowStart = m.rowStart
+        let part = weights.part
+        let x0 = acts.xIn[gradient ? part.blocks.lowerBound : 0]
+        if part.embedding {
+            // Embedding (× √hidden for Gemma).
+            for (t, id) in rows.flatMap(\.ids).enumerated() {
+                let dst = x0.p + t * H
+                weights.embed.widen(rows: id..<(id + 1), into: dst)
+                if let s = c.embeddingScale { for i in 0..<H { dst[i] *= s } }
+            }
+        } else if let pipeline {
+            try pipeline.receive(x0.p, count: T * H, from: pipeline.previous, tag: PipelineLink.activationTag)
         }
-        for b in 0..<c.blocks { blockForward(b, slot: gradient && !recompute ? b : 0) }
+        let recompute = gradient && self.recompute
+        for b in part.blocks {
+            blockForward(b, slot: gradient && !recompute ? b : 0, m, acts, gradient: gradient)
+            pipeline?.progress()
+        }
+        guard part.head else {
+            // This stage's output is the next stage's input (the stage after the last block).
+            let out = acts.xIn[gradient ? part.blocks.upperBound : 0]
+            if let pipeline { try pipeline.send(out.p, count: T * H, to: pipeline.next, tag: PipelineLink.activationTag) }
+            return EngineResult(nllSum: 0, tokens: 0, rows: 0, dNllSumDGamma: [])
+        }
+        if let scratch { scratch.dx.zero() }
         rmsnormForward(acts.xnF.p, acts.rstdF.p, acts.xOut.p, weights.finalNorm.p, T: T, H: H, eps: eps)
         if !gradient { hiddenStateHook?(.blockInput(c.blocks), rows, acts.xOut.p); hiddenStateHook?(.finalNorm, rows, acts.xnF.p) }
 
@@ -547,8 +682,6 @@ public final class TransformerEngine: @unchecked Sendable {
             }
         }
         var result = EngineResult(nllSum: 0, tokens: positions.count, rows: rows.count, dNllSumDGamma: [])
-        let scratch = gradient ? Scratch(spec: c, T: T, maxWeight: maxWeightSize, maxRank: loraRanks.values.max() ?? 0) : nil
-        if let scratch { scratch.dx.zero() }
         // Chunks of positions bound the logits buffer.
         let chunk = 512
         let logits = FloatBuffer(min(chunk, max(positions.count, 1)) * c.vocabSize)
@@ -569,17 +702,34 @@ public final class TransformerEngine: @unchecked Sendable {
             }
             p0 += n
         }
-        guard let sc = scratch else { return result }
+        if let scratch {
+            acts.dRes.zero()
+            rmsnormBackward(acts.dRes.p, scratch.dx.p, acts.xOut.p, acts.rstdF.p, weights.finalNorm.p, T: T, H: H)
+        }
+        return result
+    }
 
-        // Backward: dL/dxnF is in sc.dx; dRes carries d/d(residual stream) down the blocks.
+    /// The backward pass of a micro-batch whose forward kept its activations: acts.dRes (from the
+    /// loss, or in a pipeline from the next stage) down this engine's blocks, then to the previous
+    /// stage. Returns d Σ NLL / dγ of this engine's layers (0 for the others).
+    private func backward(_ m: RowLayout, _ acts: Activations, scratch sc: Scratch) throws -> [Double] {
+        let c = spec
+        let H = c.hiddenSize, I = c.intermediateSize, T = m.T
+        let hd = c.headDim, qDim = c.qDim, kvDim = c.kvDim, qkvDim = c.qkvDim, qkDim = qDim + kvDim
+        let nq = c.heads, nkv = c.kvHeads, group = nq / nkv
+        let rows = m.rows, rowStart = m.rowStart, maxL = m.maxL
+        let capped = c.attentionSoftcap != nil, attn = attentionRow
+        let part = weights.part
         var dGamma = [Double](repeating: 0, count: updates.count)
-        let dRes = sc.dRes
-        dRes.zero()
-        rmsnormBackward(dRes.p, sc.dx.p, acts.xOut.p, acts.rstdF.p, weights.finalNorm.p, T: T, H: H)
-        for b in stride(from: c.blocks - 1, through: 0, by: -1) {
+        let dRes = acts.dRes
+        if !part.head, let pipeline {
+            try pipeline.receive(dRes.p, count: T * H, from: pipeline.next, tag: PipelineLink.gradientTag)
+        }
+        let recompute = self.recompute
+        for b in weights.part.blocks.reversed() {
             // With recomputation the block's activations are formed again from its kept input.
             let s = recompute ? 0 : b
-            if recompute { blockForward(b, slot: 0) }
+            if recompute { blockForward(b, slot: 0, m, acts, gradient: true) }
             let bw = weights.blocks[b]
             let xIn = acts.xIn[b], xn1 = acts.xn1[s], qkv = acts.qkv[s], qk = acts.qk[s]
             let att = acts.att[s], xMid = acts.xMid[s], xn2 = acts.xn2[s], gateUp = acts.gateUp[s], h = acts.h[s]
@@ -643,9 +793,12 @@ public final class TransformerEngine: @unchecked Sendable {
             sc.dxn.zero()
             stageBackward(.qkv, sc.dxn.p, sc.dqkv.p, ldOut: qkvDim, xn1.p, block: b, T: T, acts: acts, scratch: sc, dGamma: &dGamma)
             rmsnormBackward(dRes.p, sc.dxn.p, xIn.p, acts.rstd1[s].p, bw.inputNorm.p, T: T, H: H)
+            pipeline?.progress()
         }
-        result.dNllSumDGamma = dGamma
-        return result
+        if !part.embedding, let pipeline {
+            try pipeline.send(dRes.p, count: T * H, to: pipeline.previous, tag: PipelineLink.gradientTag)
+        }
+        return dGamma
     }
 
     private var maxWeightSize: Int {

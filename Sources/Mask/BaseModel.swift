@@ -11,9 +11,10 @@ public final class BaseModel: @unchecked Sendable {
 
     /// - Parameters:
     ///   - widenWeights: hold bf16/f16 matrices as float32 (twice the memory, same results).
+    ///   - part: which blocks to load (a pipeline stage's; default the whole model).
     ///   - beforeLoading: called with the headers and the description before any weight is read
     ///     (the memory plan refuses there).
-    public init(path: String, widenWeights: Bool = false,
+    public init(path: String, widenWeights: Bool = false, part: ((TransformerSpec) throws -> ModelPart)? = nil,
                 beforeLoading: (ModelCheckpoint, TransformerSpec) throws -> Void = { _, _ in }) throws {
         checkpoint = try ModelCheckpoint(path: path)
         guard let configPath = checkpoint.sidecar("config.json") else {
@@ -21,7 +22,7 @@ public final class BaseModel: @unchecked Sendable {
         }
         spec = try Architectures.load(configAt: configPath)
         try beforeLoading(checkpoint, spec)
-        weights = try ModelWeights.load(spec: spec, checkpoint: checkpoint, widen: widenWeights)
+        weights = try ModelWeights.load(spec: spec, checkpoint: checkpoint, widen: widenWeights, part: try part?(spec))
     }
 
     /// tokenizer.json and the BOS/EOS ids of this model.

@@ -35,9 +35,12 @@ public struct MemoryPlan: Sendable {
     public var beforeTokens: Int { runtime + weights + loadTransient + deltas + fixed }
     public func total(tokens: Int) -> Int { beforeTokens + tokens * perToken }
 
-    public init(spec: TransformerSpec, checkpoint: ModelCheckpoint, deltas: DeltaStore?, gradient: Bool, widenWeights: Bool = false) {
+    /// With `part`, what one pipeline stage needs: its blocks' weights, deltas and activations.
+    public init(spec: TransformerSpec, checkpoint: ModelCheckpoint, deltas: DeltaStore?, gradient: Bool, widenWeights: Bool = false,
+                part: ModelPart? = nil) {
+        let part = part ?? .whole(spec)
         var w = 0, largest = 0
-        for name in checkpoint.names {
+        for name in checkpoint.names where part.holds(tensor: name, spec: spec) {
             guard let info = checkpoint.info(name) else { continue }
             let half = (info.dtype == .BF16 || info.dtype == .F16) && info.shape.count == 2 && !widenWeights
             let bytes = info.count * (half ? 2 : 4)
@@ -47,7 +50,8 @@ public struct MemoryPlan: Sendable {
         weights = w
         loadTransient = largest
         var d = 0, maxWeight = 0, loraFloatsPerToken = 0, largestDecoded = 0
-        for layer in deltas?.layers ?? [] {
+        let held = (deltas?.layers ?? []).filter { part.blocks.contains($0.block) }
+        for layer in held {
             guard let l = deltas?.layerInfo(layer) else { continue }
             let floats: Int
             if let r = l.rank {
@@ -61,12 +65,12 @@ public struct MemoryPlan: Sendable {
             largestDecoded = max(largestDecoded, 4 * floats)
         }
         self.deltas = d + largestDecoded
-        fixed = TransformerEngine.tileBytes + TransformerEngine.logitsBytes(spec) + (gradient ? 4 * maxWeight : 0)
+        fixed = TransformerEngine.tileBytes + (part.head ? TransformerEngine.logitsBytes(spec) : 0) + (gradient ? 4 * maxWeight : 0)
         // u = x·Aᵀ of every LoRA layer is kept per token; the backward adds v = dY·B of one.
-        let maxRank = deltas?.layers.compactMap { deltas?.layerInfo($0)?.rank }.max() ?? 0
+        let maxRank = held.compactMap { deltas?.layerInfo($0)?.rank }.max() ?? 0
         let lora = 4 * loraFloatsPerToken + (gradient ? 4 * maxRank : 0)
-        perToken = TransformerEngine.activationBytesPerToken(spec, gradient: gradient) + lora
-        perTokenRecomputed = TransformerEngine.activationBytesPerToken(spec, gradient: gradient, recompute: gradient) + lora
+        perToken = TransformerEngine.activationBytesPerToken(spec, gradient: gradient, part: part) + lora
+        perTokenRecomputed = TransformerEngine.activationBytesPerToken(spec, gradient: gradient, recompute: gradient, part: part) + lora
     }
 
     /// The memory this process may use: the cgroup limit or MemAvailable, whichever is lower.

@@ -27,6 +27,12 @@ public final class BlockWeights: @unchecked Sendable {
         self.linear = linear
         self.bias = bias
     }
+
+    /// A block another pipeline stage holds (nothing is loaded; the engine never runs it).
+    static var elsewhere: BlockWeights {
+        BlockWeights(inputNorm: FloatBuffer(0), mlpNorm: FloatBuffer(0), attentionOutNorm: nil, mlpOutNorm: nil,
+                     qNorm: nil, kNorm: nil, linear: [:], bias: [:])
+    }
 }
 
 /// All weights of a model, loaded by its TransformerSpec: matrices in the checkpoint's dtype
@@ -40,6 +46,8 @@ public final class ModelWeights: @unchecked Sendable {
     public let finalNorm: FloatBuffer
     /// [vocab, hidden]; the embedding itself when tied.
     public let lmHead: WeightMatrix
+    /// What was loaded: the whole model, or one pipeline stage's blocks (the others are empty).
+    public let part: ModelPart
 
     /// Bytes the weights hold.
     public var bytes: Int {
@@ -51,8 +59,10 @@ public final class ModelWeights: @unchecked Sendable {
         return n
     }
 
-    init(spec: TransformerSpec, embed: WeightMatrix, blocks: [BlockWeights], finalNorm: FloatBuffer, lmHead: WeightMatrix) {
+    init(spec: TransformerSpec, embed: WeightMatrix, blocks: [BlockWeights], finalNorm: FloatBuffer, lmHead: WeightMatrix,
+         part: ModelPart) {
         self.spec = spec
+        self.part = part
         self.embed = embed
         self.blocks = blocks
         self.finalNorm = finalNorm
@@ -61,7 +71,10 @@ public final class ModelWeights: @unchecked Sendable {
 
     /// Loads every tensor the architecture needs, checking names and shapes; a missing or
     /// unexpected tensor is an error naming it. With `widen`, bf16/f16 matrices become float32.
-    public static func load(spec: TransformerSpec, checkpoint: ModelCheckpoint, widen: Bool = false) throws -> ModelWeights {
+    /// With `part`, only that part's tensors are read (a pipeline stage); the others are only named.
+    public static func load(spec: TransformerSpec, checkpoint: ModelCheckpoint, widen: Bool = false,
+                            part: ModelPart? = nil) throws -> ModelWeights {
+        let part = part ?? .whole(spec)
         var used = Set<String>()
         func values(_ name: String, _ shape: [Int]) throws -> [Float] {
             guard let info = checkpoint.info(name) else {
@@ -94,10 +107,18 @@ public final class ModelWeights: @unchecked Sendable {
             }
         }
         let s = spec, h = s.hiddenSize, n = s.names
-        let embed = try matrix(n.embed, s.vocabSize, h)
+        let nothing = WeightMatrix(float32: [], rows: 0, cols: h)
+        let embed: WeightMatrix
+        if part.holds(tensor: n.embed, spec: s) { embed = try matrix(n.embed, s.vocabSize, h) } else { embed = nothing; used.insert(n.embed) }
         var blocks: [BlockWeights] = []
         for b in 0..<s.blocks {
             let p = "\(n.blockPrefix)\(b)."
+            guard part.blocks.contains(b) else {
+                // Another stage's: its tensors are that stage's to read and check.
+                for name in checkpoint.names where name.hasPrefix(p) { used.insert(name) }
+                blocks.append(.elsewhere)
+                continue
+            }
             var linear: [LayerKind: WeightMatrix] = [:]
             var bias: [LayerKind: FloatBuffer] = [:]
             for l in s.linears {
@@ -112,9 +133,12 @@ public final class ModelWeights: @unchecked Sendable {
                 kNorm: s.qkNorm ? try n.kNorm.map { try norm(p + $0, s.headDim) } : nil,
                 linear: linear, bias: bias))
         }
-        let finalNorm = try norm(n.finalNorm, h)
+        let finalNorm = part.head ? try norm(n.finalNorm, h) : FloatBuffer(0)
         let lmHead: WeightMatrix
-        if s.tieWordEmbeddings {
+        if !part.head {
+            lmHead = nothing
+            for name in [n.finalNorm, n.lmHead] { used.insert(name) }
+        } else if s.tieWordEmbeddings {
             lmHead = embed
             if checkpoint.contains(n.lmHead) { used.insert(n.lmHead) }
         } else {
@@ -123,6 +147,6 @@ public final class ModelWeights: @unchecked Sendable {
         for name in checkpoint.names where !used.contains(name) && !name.hasSuffix("rotary_emb.inv_freq") {
             throw ILAError(file: checkpoint.file(of: name) ?? checkpoint.path, "unexpected tensor \(name) for \(s.architecture) with \(s.blocks) blocks")
         }
-        return ModelWeights(spec: s, embed: embed, blocks: blocks, finalNorm: finalNorm, lmHead: lmHead)
+        return ModelWeights(spec: s, embed: embed, blocks: blocks, finalNorm: finalNorm, lmHead: lmHead, part: part)
     }
 }

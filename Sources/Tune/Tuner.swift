@@ -115,7 +115,8 @@ public final class Tuner {
             let r = try engine.gradient(rows: micro, gamma: ones)
             nll += r.nllSum
             lossTokens += r.tokens
-            tokens += micro.map(\.ids.count).reduce(0, +)
+            // In a pipeline the last stage counts (every stage runs the same rows).
+            if engine.reportsLoss { tokens += micro.map(\.ids.count).reduce(0, +) }
         }
         if let allreduce {
             var sums = [nll, Double(lossTokens), Double(tokens)]

@@ -25,6 +25,7 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
+            if model.pipeline > 1 { throw ILAError("bench times one process; --pipeline is for learn, eval and ila-tune under mpirun (bench/mpi times those)") }
             let (base, engine, _, _) = try model.loadEngine(requireDeltas: true, gradient: true)
             let data = try base.rows(path: model.data, format: model.format, seqLen: model.seqLen, limit: rows)
             let n = engine.maskedLayers.count

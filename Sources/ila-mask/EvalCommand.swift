@@ -53,8 +53,8 @@ struct EvalCommand: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            let comm = try joinJob()
-            let (base, engine, _, plan) = try model.loadEngine(requireDeltas: false)
+            let comm = try joinJob(pipeline: model.pipeline)
+            let (base, engine, _, plan) = try model.loadEngine(requireDeltas: false, comm: comm)
             let rows = try base.rows(path: model.data, format: model.format, seqLen: model.seqLen, limit: limit)
             var mask = [Float](repeating: Float(gamma ?? 1), count: engine.maskedLayers.count)
             if let ranking, let top {

@@ -104,7 +104,7 @@ struct LearnCommand: ParsableCommand {
             signal(SIGTERM) { _ in stopSignal = SIGTERM }
             defer { signal(SIGINT, SIG_DFL); signal(SIGTERM, SIG_DFL) }
             // Under mpirun: every rank runs its share of each step's rows; rank 0 alone writes.
-            let comm = try joinJob()
+            let comm = try joinJob(pipeline: model.pipeline)
             if comm.isRoot {
                 // Fail on an unwritable output before minutes of work (this also removes temporaries
                 // a killed earlier run left beside each output).
@@ -117,7 +117,7 @@ struct LearnCommand: ParsableCommand {
                 == URL(fileURLWithPath: trajectoryPath).standardizedFileURL.resolvingSymlinksInPath() {
                 throw ILAError(file: trajectoryPath, "would overwrite the --deltas file with the trajectory; choose another -o")
             }
-            let (base, engine, store, plan) = try model.loadEngine(requireDeltas: true, gradient: true)
+            let (base, engine, store, plan) = try model.loadEngine(requireDeltas: true, gradient: true, comm: comm)
             guard !engine.maskedLayers.isEmpty else { throw ILAError(file: model.deltas ?? "", "holds no layers") }
             let rows = try base.rows(path: model.data, format: model.format, seqLen: model.seqLen, limit: limit)
             let layerNames = engine.maskedLayers.map(\.name)

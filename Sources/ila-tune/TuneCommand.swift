@@ -137,6 +137,8 @@ struct TuneCommand: ParsableCommand {
     @Option(name: .customLong("max-memory"), help: "Memory the run may use, e.g. 16G (default: what the machine has available).")
     var maxMemory: String?
 
+    @OptionGroup var pipelineOptions: PipelineOptions
+
     @Option(help: "GEMM library: auto, openblas or onednn.")
     var gemm: GEMMBackend = .auto
 
@@ -220,7 +222,8 @@ struct TuneCommand: ParsableCommand {
             defer { signal(SIGINT, SIG_DFL); signal(SIGTERM, SIG_DFL) }
             let started = Date()
             // Under mpirun: every rank runs its share of each step's rows; rank 0 alone writes.
-            let comm = try joinJob()
+            let comm = try joinJob(pipeline: pipelineOptions.pipeline)
+            let link = pipelineStage(comm)
             let milestones = try milestones()
             if comm.isRoot {
                 try AdapterOutput.check(outputPath)
@@ -234,19 +237,25 @@ struct TuneCommand: ParsableCommand {
             var planned: MemoryPlan?
             var selected: [LinearLayer] = []
             var initial: LoRAAdapter?
-            let model = try BaseModel(path: base, widenWeights: widenWeights) { checkpoint, spec in
-                selected = try selectLayers(spec)
-                initial = try initAdapter.map { try LoRAAdapter(path: $0) }
-                var plan = MemoryPlan(spec: spec, checkpoint: checkpoint, deltas: nil, gradient: true, widenWeights: widenWeights)
-                plan.runtime = MemoryPlan.runtimeBytes(gemm)
-                let rank = initial?.config.r ?? r ?? 8
-                plan.deltas += 4 * 4 * selected.reduce(0) { n, l in
-                    let s = spec.shape(of: l.kind)!
-                    return n + rank * (s.in + s.out)
+            // A pipeline stage reads its own blocks only (a failure there ends every rank).
+            let partOf = stagePart(link, base: base)
+            let model = try onEveryRank(comm) {
+                try BaseModel(path: base, widenWeights: widenWeights, part: partOf) { checkpoint, spec in
+                    selected = try selectLayers(spec)
+                    initial = try initAdapter.map { try LoRAAdapter(path: $0) }
+                    var plan = MemoryPlan(spec: spec, checkpoint: checkpoint, deltas: nil, gradient: true, widenWeights: widenWeights,
+                                          part: try partOf?(spec))
+                    plan.runtime = MemoryPlan.runtimeBytes(gemm)
+                    let rank = initial?.config.r ?? r ?? 8
+                    plan.deltas += 4 * 4 * selected.reduce(0) { n, l in
+                        let s = spec.shape(of: l.kind)!
+                        return n + rank * (s.in + s.out)
+                    }
+                    tokenBudget = try plan.tokenBudget(maxMemory: maxMemory, rowTokens: seqLen, what: base, forceRecompute: recompute)
+                    planned = plan
                 }
-                tokenBudget = try plan.tokenBudget(maxMemory: maxMemory, rowTokens: seqLen, what: base, forceRecompute: recompute)
-                planned = plan
             }
+            tokenBudget = try agreeOnTokenBudget(pipelineOptions.tokens(planned: tokenBudget), comm)
             let spec = model.spec
 
             // LoRA tensors: PEFT's default initialisation, or an adapter's factors.
@@ -296,7 +305,7 @@ struct TuneCommand: ParsableCommand {
             guard !rows.isEmpty else {
                 throw ILAError(file: data, "no row has a response token within --seq-len \(seqLen)")
             }
-            if rows.count < allRows.count {
+            if rows.count < allRows.count && !silentOutput {
                 FileHandle.standardError.write(Data("note: \(data): \(allRows.count - rows.count) of \(allRows.count) rows have no response token within --seq-len \(seqLen); they are left out\n".utf8))
             }
             let evalRows = try eval.map { try model.rows(path: $0, format: format, seqLen: seqLen, limit: evalLimit) }
@@ -306,6 +315,10 @@ struct TuneCommand: ParsableCommand {
             let engine = try TransformerEngine(weights: model.weights, training: params, maxSequenceLength: seqLen,
                                                tokenBudget: tokenBudget, gemm: GEMMOptions(backend: gemm, precision: precision))
             engine.recompute = planned?.recompute ?? recompute
+            if let link {
+                engine.pipeline = link
+                engine.recompute = try comm.any(engine.recompute)
+            }
             let layerNames = selected.map(\.name)
             let fingerprint = [base, data, format.description, precision.rawValue, "\(rows.count)", "\(limit ?? 0)",
                                initAdapter ?? "", eval ?? "", "\(evalLimit ?? 0)", "\(evalEvery)", untilStable.map { "\($0)/\(window)" } ?? "",

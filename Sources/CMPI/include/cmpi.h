@@ -33,6 +33,16 @@ int ila_mpi_bcast_bytes(void *buf, int64_t count, int root);
 
 int ila_mpi_barrier(void);
 
+/// Blocking receive of count floats from rank source with tag.
+int ila_mpi_recv_float(float *buf, int64_t count, int source, int tag);
+/// Non-blocking send of count floats to rank dest with tag: one request per piece of 2^30 floats
+/// into requests (max_requests of them; unused ones NULL). buf must stay valid until each is waited.
+int ila_mpi_isend_float(const float *buf, int64_t count, int dest, int tag, void **requests, int max_requests);
+/// Waits for a request (NULL: done already) and sets it to NULL.
+int ila_mpi_wait(void **request);
+/// Whether a request has completed (drives MPI's progress); a completed one becomes NULL.
+int ila_mpi_test(void **request, int *done);
+
 /// MPI_Finalize (once; later calls do nothing).
 int ila_mpi_finalize(void);
 
