@@ -27,8 +27,10 @@ public func runReportingErrors(_ body: () throws -> Void) throws {
     do {
         try body()
     } catch let e as ExitCode {
+        endingRankIgnoresSignals()
         throw e
     } catch {
+        endingRankIgnoresSignals()
         reportError(error)
         throw ExitCode.failure
     }

@@ -4,6 +4,7 @@ import ILABLAS
 import ILACollective
 import ILADiff
 import ILAEngine
+import ILAMask
 import ILAModel
 
 /// `--pipeline P`: the model's blocks split over P consecutive ranks (DESIGN.md section 12).
@@ -37,7 +38,10 @@ public func joinJob(pipeline: Int = 1) throws -> Communicator {
     do { comm = try Collective.world } catch let e as CollectiveError { throw ILAError(e.message) }
     if comm.size > 1 {
         silentOutput = comm.rank != 0
+        oneRankOfMany = true
         BLAS.threads = threadsPerProcess()
+        // Exiting (MPI_Finalize waits for the other ranks) is not interrupted by the launcher's SIGTERM.
+        atexit { endingRankIgnoresSignals() }
     }
     if pipeline > 1 {
         guard let mpi = comm as? MPICommunicator else {
@@ -72,6 +76,31 @@ public func onEveryRank<T>(_ comm: Communicator, _ body: () throws -> T) throws 
         silentOutput = silent
     }
     throw ExitCode.failure
+}
+
+/// Every rank's `value`, in rank order (one allreduce; a single process: [value]).
+public func gatherPerRank(_ value: Int, _ comm: Communicator) throws -> [Int] {
+    guard comm.size > 1 else { return [value] }
+    var v = [Int64](repeating: Int64.min, count: comm.size)
+    v[comm.rank] = Int64(value)
+    try comm.allreduceMax(&v)
+    return v.map { Int($0) }
+}
+
+/// Per-rank memory of a job (`--json`'s memory report): peak resident bytes and weight bytes held.
+public struct RankMemory {
+    public var peakResident: [Int]
+    public var weights: [Int]
+    /// Gathers them from every rank (every rank must call it).
+    public init(_ engine: TransformerEngine, _ comm: Communicator) throws {
+        peakResident = try gatherPerRank(MemoryPlan.peakResidentBytes(), comm)
+        weights = try gatherPerRank(engine.weights.bytes, comm)
+    }
+    /// The figures a report adds: per rank only when there are several.
+    public var report: [String: Any] {
+        peakResident.count > 1 ? ["peak_rss_bytes_per_rank": peakResident, "weights_bytes_per_rank": weights]
+            : ["weights_bytes": weights[0]]
+    }
 }
 
 /// Ends a rank whose rank 0 already reported the error.

@@ -178,9 +178,11 @@ extension MemoryPlan {
 }
 
 /// `--json`'s memory report: what the plan said for the micro-batches that ran, and the peak.
-public func memoryReport(_ plan: MemoryPlan, _ engine: TransformerEngine) -> [String: Int] {
-    ["planned_bytes": plan.total(tokens: engine.largestMicroBatch), "peak_rss_bytes": MemoryPlan.peakResidentBytes(),
-     "recompute": plan.recompute ? 1 : 0]
+public func memoryReport(_ plan: MemoryPlan, _ engine: TransformerEngine, ranks: RankMemory? = nil) -> [String: Any] {
+    var o: [String: Any] = ["planned_bytes": plan.total(tokens: engine.largestMicroBatch), "peak_rss_bytes": MemoryPlan.peakResidentBytes(),
+                            "recompute": plan.recompute ? 1 : 0]
+    for (k, v) in ranks?.report ?? [:] { o[k] = v }
+    return o
 }
 
 /// Runs the engine over rows in chunks, with a progress bar on a terminal. Under several ranks

@@ -68,8 +68,9 @@ struct EvalCommand: ParsableCommand {
             }
             let r = try evaluateWithProgress(engine, rows: rows, gamma: mask, label: "eval", comm: comm)
             guard r.tokens > 0 else { throw ILAError(file: model.data, "no response tokens to score (all labels are -100)") }
+            let ranks = try RankMemory(engine, comm)
             if json {
-                printOut(try jsonText(["mean_nll": r.meanNLL, "tokens": r.tokens, "rows": r.rows, "memory": memoryReport(plan, engine),
+                printOut(try jsonText(["mean_nll": r.meanNLL, "tokens": r.tokens, "rows": r.rows, "memory": memoryReport(plan, engine, ranks: ranks),
                                          "gemm": engine.gemmOptions.summary] as [String: Any]))
             } else {
                 printOut(String(format: "mean NLL %.6f over %d response tokens in %d rows", r.meanNLL, r.tokens, r.rows))

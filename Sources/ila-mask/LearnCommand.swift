@@ -189,6 +189,7 @@ struct LearnCommand: ParsableCommand {
                                        objective: objective,
                                        history: state.history.map { Ranking.HistoryEntry(step: $0.step, nll: $0.nll, meanGamma: $0.meanGamma, j: $0.j) })
             ranking.eval = evalReport
+            let ranks = try RankMemory(engine, comm)
             guard comm.isRoot else { return }
             try writeFloatMatrixHDF5(path: trajectoryPath, dataset: "scores",
                                      values: state.trajectory.flatMap { $0.map(Float.init) },
@@ -197,11 +198,11 @@ struct LearnCommand: ParsableCommand {
                                      attributes: ["description": "mask logits s after each Adam step, [steps, layers]"])
             try ranking.write(path: output)
             unlink(statePath)
-            report(ranking, memory: memoryReport(plan, engine), engine: engine)
+            report(ranking, memory: memoryReport(plan, engine, ranks: ranks), engine: engine)
         }
     }
 
-    func report(_ r: Ranking, memory: [String: Int], engine: TransformerEngine) {
+    func report(_ r: Ranking, memory: [String: Any], engine: TransformerEngine) {
         if json {
             let top = r.ordered.prefix(10).map { ["name": $0.name, "score": $0.score, "rank": $0.rank] as [String: Any] }
             var o: [String: Any] = ["output": output, "trajectory": trajectoryPath, "top": top, "memory": memory,

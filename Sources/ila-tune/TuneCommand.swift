@@ -386,11 +386,12 @@ struct TuneCommand: ParsableCommand {
             progressBar.finish()
             loopSeconds = Date().timeIntervalSince(loopStart)
             if tuner.progress.evals.last?.step != tuner.progress.step { try evaluateHeldOut() }
+            let ranks = try RankMemory(engine, comm)
             if comm.isRoot {
                 try write(outputPath, tuner: tuner, selected: selected, spec: spec, seconds: Date().timeIntervalSince(started))
                 unlink(statePath)
             }
-            report(tuner, seconds: Date().timeIntervalSince(started), loopSeconds: loopSeconds)
+            report(tuner, seconds: Date().timeIntervalSince(started), loopSeconds: loopSeconds, ranks: ranks)
         }
     }
 
@@ -470,7 +471,7 @@ struct TuneCommand: ParsableCommand {
         return try JSONSerialization.data(withJSONObject: log, options: [.prettyPrinted, .sortedKeys])
     }
 
-    func report(_ tuner: Tuner, seconds: Double, loopSeconds: Double) {
+    func report(_ tuner: Tuner, seconds: Double, loopSeconds: Double, ranks: RankMemory) {
         let p = tuner.progress
         let tokens = p.log.map(\.tokens).reduce(0, +)
         if json {
@@ -478,6 +479,7 @@ struct TuneCommand: ParsableCommand {
                                     "trainable_parameters": tuner.parameters.parameterCount, "seconds": seconds,
                                     "train_seconds": loopSeconds, "final_loss": p.log.last?.loss ?? Double.nan, "tokens": tokens,
                                     "peak_rss_bytes": MemoryPlan.peakResidentBytes()]
+            for (k, v) in ranks.report { o[k] = v }
             if let s = p.stableAt { o["stable_at"] = s }
             if let e = p.evals.last { o["eval_nll"] = e.nll }
             printOut((try? jsonText(o)) ?? "{}")

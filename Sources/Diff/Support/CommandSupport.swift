@@ -3,6 +3,18 @@ import Foundation
 /// Set on the ranks other than 0 of an MPI job: only rank 0 prints (results, progress, error lines).
 nonisolated(unsafe) public var silentOutput = false
 
+/// Set when the process is one rank of several (under mpirun).
+nonisolated(unsafe) public var oneRankOfMany = false
+
+/// A rank that is about to exit: the launcher's SIGTERM to the job's other ranks (sent as soon as
+/// one rank exits with an error) must not turn their own exit into a second error line.
+public func endingRankIgnoresSignals() {
+    guard oneRankOfMany else { return }
+    signal(SIGTERM, SIG_IGN)
+    signal(SIGINT, SIG_IGN)
+    signal(SIGHUP, SIG_IGN)
+}
+
 /// Prints a failure as the single line `error: …` on stderr.
 public func reportError(_ error: Error) {
     if silentOutput { return }
