@@ -23,9 +23,10 @@ enum MPI {
     }
 
     /// `mpirun --oversubscribe -np N <tool> args` (plus `extra` mpirun options), started.
+    /// `wrapper` runs mpirun (`wrapper… mpirun …`); `rankWrapper` runs each rank (`mpirun … rankWrapper… tool args`).
     static func start(np: Int, _ tool: String, _ args: [String], mpirunOptions extra: [String] = [],
-                      wrapper: [String] = []) throws -> (Process, URL, URL) {
-        let command = [try mpirun(), "--oversubscribe", "-np", "\(np)"] + extra + [try CommandRunner.binary(tool)] + args
+                      wrapper: [String] = [], rankWrapper: [String] = []) throws -> (Process, URL, URL) {
+        let command = [try mpirun(), "--oversubscribe", "-np", "\(np)"] + extra + rankWrapper + [try CommandRunner.binary(tool)] + args
         let full = wrapper + command
         return try CommandRunner.start(executable: full[0], Array(full.dropFirst()), environment: environment)
     }
