@@ -7,6 +7,7 @@ import ILAMask
 import ILAModel
 import ILAEngine
 import ILARanking
+import ILACollective
 
 extension ScoreMethod: ExpressibleByArgument {}
 extension TokenPositions: ExpressibleByArgument {}
@@ -119,8 +120,12 @@ struct ScoreOptions: ParsableArguments {
     }
 
     /// Computes one method's ranking. `engine` may be shared between methods (select-report).
+    /// Under several ranks (`comm`) the data-driven methods run each rank's contiguous share of the
+    /// rows and add their sums with allreduce, so every rank ends with the same scores; the
+    /// data-free ones (rel-change, spectrum) compute the same on every rank. Callers write on rank 0.
     func ranking(_ method: ScoreMethod, loaded: (BaseModel, TransformerEngine, DeltaStore?)? = nil,
-                 rows preloaded: [TokenizedRow]? = nil) throws -> (Ranking, seconds: Double) {
+                 rows preloaded: [TokenizedRow]? = nil,
+                 comm: Communicator = SingleProcess.shared) throws -> (Ranking, seconds: Double) {
         let started = Date()
         var objective = Ranking.Objective(method: method.rawValue)
         var architecture = "", blocks = 0, kinds: [String]? = nil
@@ -167,18 +172,19 @@ struct ScoreOptions: ParsableArguments {
             }
             switch method {
             case .taylor:
-                scores = try taylorScores(engine: engine, rows: rows, progress: progress)
+                scores = try taylorScores(engine: engine, rows: rows, progress: progress, comm: comm)
             case .ablation:
-                scores = try ablationScores(engine: engine, rows: rows, progress: progress)
+                scores = try ablationScores(engine: engine, rows: rows, progress: progress, comm: comm)
             case .ila:
-                (scores, history) = try learnILA(engine: engine, rows: rows, objective: &objective)
+                (scores, history) = try learnILA(engine: engine, rows: rows, objective: &objective, comm: comm)
             default:
                 let sel = positions ?? (method == .angular ? .last : .all)
                 let n = method == .angular ? (distance ?? 1) : 1
                 let g = Float(gamma ?? 0)
                 let st = try HiddenStateStatistics.measure(engine: engine, rows: rows,
                                                            gamma: [Float](repeating: g, count: engine.maskedLayers.count),
-                                                           positions: sel, distance: n, lastState: lastState, progress: progress)
+                                                           positions: sel, distance: n, lastState: lastState, progress: progress,
+                                                           comm: comm)
                 let layers = engine.maskedLayers.isEmpty ? modelLayers(model.spec) : engine.maskedLayers
                 switch method {
                 case .angular: scores = spreadBlockScores(layers, perBlock: st.angularPerBlock); objective.distance = n
@@ -205,13 +211,14 @@ struct ScoreOptions: ParsableArguments {
         return (r, Date().timeIntervalSince(started))
     }
 
-    /// The ILA learner as `learn` runs it (no trajectory file, no resume).
-    func learnILA(engine: TransformerEngine, rows: [TokenizedRow], objective: inout Ranking.Objective) throws
-        -> (LayerScores, [Ranking.HistoryEntry]) {
+    /// The ILA learner as `learn` runs it (no trajectory file, no resume): under several ranks each
+    /// step's batch is split across them and the NLL sums, tokens and dΣNLL/dγ are all-reduced.
+    func learnILA(engine: TransformerEngine, rows: [TokenizedRow], objective: inout Ranking.Objective,
+                  comm: Communicator = SingleProcess.shared) throws -> (LayerScores, [Ranking.HistoryEntry]) {
         var o = LearnOptions()
         o.lambda = lambda; o.sInit = sInit; o.lr = lr; o.steps = steps; o.batch = batch; o.seqLen = seqLen; o.seed = seed
         var state = LearnState(options: o, fingerprint: "", layers: engine.maskedLayers.map(\.name))
-        let learner = try MaskLearner(engine: engine, rows: rows, lambda: lambda)
+        let learner = try MaskLearner(engine: engine, rows: rows, lambda: lambda, communicator: comm)
         let progress = ProgressBar(total: steps, label: "ila")
         while state.step < steps {
             try learner.step(&state)
@@ -257,6 +264,9 @@ struct ScoreCommand: ParsableCommand {
                            (one pass per layer)
           ila              ILA's learned mask logits, as `learn`
 
+        Under mpirun the data-driven methods split the rows across the ranks and add their sums; \
+        rank 0 alone writes and prints.
+
         Examples:
           ila-mask score --method spectrum --base base/ -o spectrum.json
           ila-mask score --method rel-change --base base/ --deltas deltas.h5 -o rel.json
@@ -283,8 +293,12 @@ struct ScoreCommand: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            try AtomicOutput(path: output).discard()
-            let (ranking, seconds) = try options.ranking(method)
+            // Under mpirun: the data-driven methods split the rows across the ranks; rank 0 alone
+            // writes and prints (joinJob silences the others).
+            let comm = try joinJob()
+            if comm.isRoot { try AtomicOutput(path: output).discard() }
+            let (ranking, seconds) = try options.ranking(method, comm: comm)
+            guard comm.isRoot else { return }
             try ranking.write(path: output)
             if json {
                 let top = ranking.ordered.prefix(10).map { ["name": $0.name, "score": $0.score, "rank": $0.rank] as [String: Any] }

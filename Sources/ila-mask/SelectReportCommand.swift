@@ -8,6 +8,7 @@ import ILAModel
 import ILAEngine
 import ILARanking
 import ILATune
+import ILACollective
 
 struct SelectReportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -115,8 +116,10 @@ struct SelectReportCommand: ParsableCommand {
         if !(tuneLR > 0 && tuneLR.isFinite) { throw ValidationError("--tune-lr must be positive") }
     }
 
-    /// Held-out NLL after ila-tune on only `selected` (the same Tuner ila-tune runs).
-    func tunedNLL(_ selected: Set<String>, model: BaseModel, train: [TokenizedRow], eval: [TokenizedRow]) throws -> Double {
+    /// Held-out NLL after ila-tune on only `selected` (the same Tuner ila-tune runs; under several
+    /// ranks with ila-tune's data-parallel seam: each step's rows split, sums and gradients all-reduced).
+    func tunedNLL(_ selected: Set<String>, model: BaseModel, train: [TokenizedRow], eval: [TokenizedRow],
+                  comm: Communicator) throws -> Double {
         var o = TuneOptions()
         o.lr = tuneLR; o.batch = tuneBatch; o.steps = tuneSteps; o.seqLen = options.seqLen; o.seed = options.seed
         let spec = model.spec
@@ -130,6 +133,13 @@ struct SelectReportCommand: ParsableCommand {
                                            gemm: options.gemmOptions)
         let rows = Tuner.trainingRows(train)
         let tuner = try Tuner(engine: engine, rows: rows, progress: TuneProgress(options: o, fingerprint: "", layers: layers.map(\.layer.name)))
+        if comm.size > 1 {
+            tuner.share = { comm.share(of: $0) }
+            tuner.allreduce = { sums, floats in
+                try comm.allreduceSum(&sums)
+                if !floats.isEmpty { try comm.allreduceSum(&floats) }
+            }
+        }
         let bar = ProgressBar(total: tuneSteps, label: "tune \(layers.count) layers")
         while tuner.progress.step < tuneSteps { let s = try tuner.step(); bar.update(s.step, detail: String(format: "loss %.4f", s.loss)) }
         bar.finish()
@@ -145,8 +155,13 @@ struct SelectReportCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let methods = try methodList, fractions = try fractionList
-            if let svg { try AtomicOutput(path: svg).discard() }
-            if let output { try AtomicOutput(path: output).discard() }
+            // Under mpirun: scores, held-out NLLs and tuning split their rows across the ranks (as
+            // score, eval and ila-tune); rank 0 alone writes and prints.
+            let comm = try joinJob()
+            if comm.isRoot {
+                if let svg { try AtomicOutput(path: svg).discard() }
+                if let output { try AtomicOutput(path: output).discard() }
+            }
             let needsGradient = methods.contains(.taylor) || methods.contains(.ila)
             let (model, engine, store, _) = try loadModelEngine(base: options.base, deltas: options.deltas, seqLen: options.seqLen,
                                                                  maxMemory: options.maxMemory, recompute: false, gemm: options.gemmOptions,
@@ -162,7 +177,7 @@ struct SelectReportCommand: ParsableCommand {
                 var o = options
                 if m != .angular { o.distance = nil }
                 if ![.blockInfluence, .blockInfluenceSublayer, .angular].contains(m) { o.positions = nil; o.gamma = nil }
-                let (r, s) = try o.ranking(m, loaded: (model, engine, store), rows: trainRows)
+                let (r, s) = try o.ranking(m, loaded: (model, engine, store), rows: trainRows, comm: comm)
                 labels.append(m.rawValue); rankings.append(r); seconds[m.rawValue] = s
             }
             for path in ranking {
@@ -179,16 +194,17 @@ struct SelectReportCommand: ParsableCommand {
                 if labels.contains(label) { label = URL(fileURLWithPath: path).lastPathComponent }
                 labels.append(label); rankings.append(r)
             }
-            if let dir = saveRankings {
+            if comm.isRoot, let dir = saveRankings {
                 try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
                 for (m, r) in zip(methods, rankings) { try r.write(path: (dir as NSString).appendingPathComponent("\(m.rawValue).json")) }
             }
 
             let keepDeltas: SelectionEvaluator = { selected in
                 let gamma = layerNames.map { selected.contains($0) ? Float(1) : 0 }
-                return try evaluateWithProgress(engine, rows: evalRows, gamma: gamma, label: "eval").meanNLL
+                return try evaluateWithProgress(engine, rows: evalRows, gamma: gamma, label: "eval", comm: comm).meanNLL
             }
-            let none = try evaluateWithProgress(engine, rows: evalRows, gamma: [Float](repeating: 0, count: layerNames.count), label: "eval γ=0")
+            let none = try evaluateWithProgress(engine, rows: evalRows, gamma: [Float](repeating: 0, count: layerNames.count), label: "eval γ=0",
+                                                comm: comm)
             guard none.tokens > 0 else { throw ILAError(file: eval, "no response tokens to score (all labels are -100)") }
             let all = try keepDeltas(masked)
 
@@ -222,10 +238,11 @@ struct SelectReportCommand: ParsableCommand {
             }
             var tuned: [[Double]] = []
             if tune, let trainRows {
-                tuned = try selections.map { sels in try sels.map { try tunedNLL($0, model: model, train: trainRows, eval: evalRows) } }
+                tuned = try selections.map { sels in try sels.map { try tunedNLL($0, model: model, train: trainRows, eval: evalRows, comm: comm) } }
             }
             let report = Report(fractions: fractions, labels: labels, nll: nll, base: none.meanNLL, all: all,
                                 random: randomNLL, jaccard: jaccard, evalRows: none.rows, evalTokens: none.tokens, tuned: tuned)
+            guard comm.isRoot else { return }
             if let svg { try AtomicOutput.write(Data(report.svg().utf8), to: svg) }
             do {
                 var o: [String: Any] = ["fractions": fractions, "methods": labels, "nll_base": none.meanNLL, "nll_all_deltas": all,

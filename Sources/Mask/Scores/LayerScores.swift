@@ -1,5 +1,6 @@
 import Foundation
 import ILABLAS
+import ILACollective
 import ILADiff
 import ILAEngine
 import ILAModel
@@ -166,14 +167,19 @@ public struct HiddenStateStatistics: Sendable {
 
     /// Runs the model over the rows (under mask `gamma`) and gathers the statistics.
     /// Memory: the selected positions of `distance` + 2 states of one micro-batch.
-    public static func measure(engine: TransformerEngine, rows: [TokenizedRow], gamma: [Float], positions sel: TokenPositions,
+    /// Under several ranks each runs its contiguous share of `rows` (`DataParallel.localRows`) and
+    /// the sums (cosines, angular distances, positions, tokens, rows) are added with one allreduce,
+    /// so every rank holds the statistics of all the rows and the means are formed from them.
+    public static func measure(engine: TransformerEngine, rows allRows: [TokenizedRow], gamma: [Float], positions sel: TokenPositions,
                                distance n: Int, lastState: LastState, chunk: Int = 16,
-                               progress: ScoreProgress? = nil) throws -> HiddenStateStatistics {
+                               progress: ScoreProgress? = nil,
+                               comm: Communicator = SingleProcess.shared) throws -> HiddenStateStatistics {
         let L = engine.spec.blocks, H = engine.spec.hiddenSize
         guard n >= 1, n <= L else { throw ILAError("--distance \(n) must be between 1 and the model's \(L) blocks") }
         var st = HiddenStateStatistics(blocks: L, distance: n, blockCos: .init(repeating: 0, count: L),
                                        attentionCos: .init(repeating: 0, count: L), mlpCos: .init(repeating: 0, count: L),
                                        angular: .init(repeating: 0, count: L - n + 1))
+        let rows = Array(DataParallel.localRows(allRows, comm))
         var start = 0
         while start < rows.count {
             let part = Array(rows[start..<min(start + chunk, rows.count)])
@@ -240,7 +246,20 @@ public struct HiddenStateStatistics: Sendable {
             start += part.count
             progress?(start, rows.count, "")
         }
+        try st.allreduce(comm)
         return st
+    }
+
+    /// Adds every rank's sums into these (identity in a single process).
+    mutating func allreduce(_ comm: Communicator) throws {
+        guard comm.size > 1 else { return }
+        var packed = [Double(positions), Double(tokens), Double(rows)] + blockCos + attentionCos + mlpCos + angular
+        try comm.allreduceSum(&packed)
+        positions = Int(packed[0]); tokens = Int(packed[1]); rows = Int(packed[2])
+        var at = 3
+        func take(_ count: Int) -> [Double] { defer { at += count }; return Array(packed[at..<(at + count)]) }
+        blockCos = take(blockCos.count); attentionCos = take(attentionCos.count); mlpCos = take(mlpCos.count)
+        angular = take(angular.count)
     }
 }
 
@@ -263,51 +282,68 @@ public func spreadBlockScores(_ layers: [LinearLayer], perBlock: [Double], atten
 // MARK: gradient and ablation
 
 /// |∂ mean NLL / ∂γ_i| at γ = 1 over the rows (one forward and backward pass, in chunks).
-public func taylorScores(engine: TransformerEngine, rows: [TokenizedRow], chunk: Int = 16, progress: ScoreProgress? = nil) throws -> LayerScores {
+/// Under several ranks each runs its share of the rows; Σ dNLL/dγ, tokens and rows are added
+/// with one allreduce before the division by the global token count.
+public func taylorScores(engine: TransformerEngine, rows allRows: [TokenizedRow], chunk: Int = 16, progress: ScoreProgress? = nil,
+                         comm: Communicator = SingleProcess.shared) throws -> LayerScores {
     let n = engine.maskedLayers.count
     let ones = [Float](repeating: 1, count: n)
-    var grad = [Double](repeating: 0, count: n)
-    var tokens = 0
+    let rows = Array(DataParallel.localRows(allRows, comm))
+    var total = EngineResult(nllSum: 0, tokens: 0, rows: 0, dNllSumDGamma: [Double](repeating: 0, count: n))
     var start = 0
     while start < rows.count {
         let part = Array(rows[start..<min(start + chunk, rows.count)])
         let r = try engine.gradient(rows: part, gamma: ones)
-        for i in 0..<n { grad[i] += r.dNllSumDGamma[i] }
-        tokens += r.tokens
+        for i in 0..<n { total.dNllSumDGamma[i] += r.dNllSumDGamma[i] }
+        total.nllSum += r.nllSum
+        total.tokens += r.tokens
+        total.rows += part.count
         start += part.count
         progress?(start, rows.count, "")
     }
-    guard tokens > 0 else { throw ILAError("no response tokens to score (all labels are -100)") }
-    var s = LayerScores(layers: engine.maskedLayers, scores: grad.map { abs($0 / Double(tokens)) })
-    s.tokens = tokens; s.rows = rows.count
+    try DataParallel.allreduce(&total, comm)
+    guard total.tokens > 0 else { throw ILAError("no response tokens to score (all labels are -100)") }
+    var s = LayerScores(layers: engine.maskedLayers, scores: total.dNllSumDGamma.map { abs($0 / Double(total.tokens)) })
+    s.tokens = total.tokens; s.rows = total.rows
     return s
 }
 
-/// Mean NLL of the rows under γ, in chunks.
-func meanNLL(_ engine: TransformerEngine, _ rows: [TokenizedRow], _ gamma: [Float], chunk: Int = 16) throws -> (nll: Double, tokens: Int) {
+/// Σ NLL and response tokens of the rows under γ, in chunks (this process's rows only).
+func nllSum(_ engine: TransformerEngine, _ rows: [TokenizedRow], _ gamma: [Float], chunk: Int = 16) throws -> (sum: Double, tokens: Int) {
     var sum = 0.0, tokens = 0, start = 0
     while start < rows.count {
         let r = try engine.evaluate(rows: Array(rows[start..<min(start + chunk, rows.count)]), gamma: gamma)
         sum += r.nllSum; tokens += r.tokens
         start += chunk
     }
-    guard tokens > 0 else { throw ILAError("no response tokens to score (all labels are -100)") }
-    return (sum / Double(tokens), tokens)
+    return (sum, tokens)
 }
 
 /// NLL(γ = 1 except γ_i = 0) − NLL(γ = 1) per layer: N + 1 forward passes over the rows.
-public func ablationScores(engine: TransformerEngine, rows: [TokenizedRow], progress: ScoreProgress? = nil) throws -> LayerScores {
+/// Under several ranks each runs the N + 1 passes over its share of the rows; the N + 1 NLL sums
+/// and the token count are added with one allreduce at the end, and every mean is formed from
+/// the global sums (Σ_i / T − Σ_full / T, as in one process).
+public func ablationScores(engine: TransformerEngine, rows allRows: [TokenizedRow], progress: ScoreProgress? = nil,
+                           comm: Communicator = SingleProcess.shared) throws -> LayerScores {
     let n = engine.maskedLayers.count
     let ones = [Float](repeating: 1, count: n)
-    let (full, tokens) = try meanNLL(engine, rows, ones)
-    var scores: [Double] = []
+    let rows = Array(DataParallel.localRows(allRows, comm))
+    let (full, tokens) = try nllSum(engine, rows, ones)
+    // [Σ NLL at γ = 1, Σ NLL with γ_i = 0 for each i, tokens, rows]
+    var sums = [full]
     for i in 0..<n {
         var g = ones
         g[i] = 0
-        scores.append(try meanNLL(engine, rows, g).nll - full)
+        sums.append(try nllSum(engine, rows, g).sum)
         progress?(i + 1, n, engine.maskedLayers[i].name)
     }
-    var s = LayerScores(layers: engine.maskedLayers, scores: scores)
-    s.tokens = tokens; s.rows = rows.count
+    sums += [Double(tokens), Double(rows.count)]
+    if comm.size > 1 { try comm.allreduceSum(&sums) }
+    let totalTokens = Int(sums[n + 1]), totalRows = Int(sums[n + 2])
+    guard totalTokens > 0 else { throw ILAError("no response tokens to score (all labels are -100)") }
+    let t = Double(totalTokens)
+    let base = sums[0] / t
+    var s = LayerScores(layers: engine.maskedLayers, scores: (0..<n).map { sums[$0 + 1] / t - base })
+    s.tokens = totalTokens; s.rows = totalRows
     return s
 }
