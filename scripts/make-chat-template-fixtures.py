@@ -146,6 +146,10 @@ def family(name, template_file, tok_dir, form, tools_ok):
     raw = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
     cases = []
     for cname, messages, tools, kwargs in COMMON + EXTRA.get(name, []):
+        # A template that prints today's date (Llama 3.x: strftime_now unless date_string is given)
+        # gets a fixed one, so that the fixture holds on any day (snippets.json tests strftime_now).
+        if "strftime_now" in template and "date_string" not in (kwargs or {}):
+            kwargs = dict(kwargs or {}, date_string="26 Jul 2024")
         row = {"messages": messages}
         if tools is not None:
             row["tools"] = tools

@@ -24,6 +24,8 @@ public protocol Communicator: AnyObject, Sendable {
     func receive(into: UnsafeMutableBufferPointer<Float>, from: Int, tag: Int) throws
     /// Consecutive ranks that form one pipeline (`--pipeline P`; 1: every rank holds the whole model).
     var pipelineStages: Int { get }
+    /// Payload bytes this rank has given to collectives and sent to its pipeline neighbours.
+    var traffic: (collective: Int, pointToPoint: Int) { get }
 }
 
 extension Communicator {
@@ -148,6 +150,7 @@ public final class SingleProcess: Communicator {
     public func broadcast(_ bytes: inout [UInt8], root: Int) throws {}
     public func barrier() throws {}
     public var pipelineStages: Int { 1 }
+    public var traffic: (collective: Int, pointToPoint: Int) { (0, 0) }
     public func send(_ values: UnsafeBufferPointer<Float>, to: Int, tag: Int) throws -> PendingSend {
         throw CollectiveError("a single process has no rank \(to) to send to")
     }
@@ -207,6 +210,7 @@ public final class MPICommunicator: Communicator {
     nonisolated(unsafe) public private(set) var pipelineStages = 1
     /// Bytes this process sent to its pipeline neighbours.
     nonisolated(unsafe) public private(set) var bytesSent: Int = 0
+    public var traffic: (collective: Int, pointToPoint: Int) { (bytesReduced, bytesSent) }
 
     /// Makes consecutive groups of `stages` ranks pipelines (the job's size must be a multiple).
     public func configurePipeline(stages: Int) throws {

@@ -87,14 +87,28 @@ public func gatherPerRank(_ value: Int, _ comm: Communicator) throws -> [Int] {
     return v.map { Int($0) }
 }
 
-/// Per-rank memory of a job (`--json`'s memory report): peak resident bytes and weight bytes held.
+/// Per-rank figures of a job (`--json`): peak resident bytes, weight bytes held, and the payload
+/// bytes each rank gave to collectives and sent to its pipeline neighbours.
 public struct RankMemory {
     public var peakResident: [Int]
     public var weights: [Int]
+    public var collectiveBytes: [Int]
+    public var pipelineBytes: [Int]
+    public var stages: Int
     /// Gathers them from every rank (every rank must call it).
     public init(_ engine: TransformerEngine, _ comm: Communicator) throws {
+        let traffic = comm.traffic
+        stages = comm.pipelineStages
+        collectiveBytes = try gatherPerRank(traffic.collective, comm)
+        pipelineBytes = try gatherPerRank(traffic.pointToPoint, comm)
         peakResident = try gatherPerRank(MemoryPlan.peakResidentBytes(), comm)
         weights = try gatherPerRank(engine.weights.bytes, comm)
+    }
+    /// `--json`'s "mpi" object (nil for a single process).
+    public var mpiReport: [String: Any]? {
+        guard peakResident.count > 1 else { return nil }
+        return ["ranks": peakResident.count, "pipeline_stages": stages, "collective_bytes_per_rank": collectiveBytes,
+                "pipeline_bytes_per_rank": pipelineBytes]
     }
     /// The figures a report adds: per rank only when there are several.
     public var report: [String: Any] {

@@ -70,8 +70,10 @@ struct EvalCommand: ParsableCommand {
             guard r.tokens > 0 else { throw ILAError(file: model.data, "no response tokens to score (all labels are -100)") }
             let ranks = try RankMemory(engine, comm)
             if json {
-                printOut(try jsonText(["mean_nll": r.meanNLL, "tokens": r.tokens, "rows": r.rows, "memory": memoryReport(plan, engine, ranks: ranks),
-                                         "gemm": engine.gemmOptions.summary] as [String: Any]))
+                var o: [String: Any] = ["mean_nll": r.meanNLL, "tokens": r.tokens, "rows": r.rows,
+                                        "memory": memoryReport(plan, engine, ranks: ranks), "gemm": engine.gemmOptions.summary]
+                if let mpi = ranks.mpiReport { o["mpi"] = mpi }
+                printOut(try jsonText(o))
             } else {
                 printOut(String(format: "mean NLL %.6f over %d response tokens in %d rows", r.meanNLL, r.tokens, r.rows))
             }

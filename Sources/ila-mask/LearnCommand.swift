@@ -198,17 +198,18 @@ struct LearnCommand: ParsableCommand {
                                      attributes: ["description": "mask logits s after each Adam step, [steps, layers]"])
             try ranking.write(path: output)
             unlink(statePath)
-            report(ranking, memory: memoryReport(plan, engine, ranks: ranks), engine: engine)
+            report(ranking, memory: memoryReport(plan, engine, ranks: ranks), mpi: ranks.mpiReport, engine: engine)
         }
     }
 
-    func report(_ r: Ranking, memory: [String: Any], engine: TransformerEngine) {
+    func report(_ r: Ranking, memory: [String: Any], mpi: [String: Any]?, engine: TransformerEngine) {
         if json {
             let top = r.ordered.prefix(10).map { ["name": $0.name, "score": $0.score, "rank": $0.rank] as [String: Any] }
             var o: [String: Any] = ["output": output, "trajectory": trajectoryPath, "top": top, "memory": memory,
                                     "gemm": engine.gemmOptions.summary]
             if let h = r.history?.last { o["final_nll"] = h.nll; o["final_mean_gamma"] = h.meanGamma }
             if let e = r.eval { o["eval"] = e }
+            if let mpi { o["mpi"] = mpi }
             printOut((try? jsonText(o)) ?? "{}")
             return
         }

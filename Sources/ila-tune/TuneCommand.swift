@@ -480,6 +480,7 @@ struct TuneCommand: ParsableCommand {
                                     "train_seconds": loopSeconds, "final_loss": p.log.last?.loss ?? Double.nan, "tokens": tokens,
                                     "peak_rss_bytes": MemoryPlan.peakResidentBytes()]
             for (k, v) in ranks.report { o[k] = v }
+            if let mpi = ranks.mpiReport { o["mpi"] = mpi }
             if let s = p.stableAt { o["stable_at"] = s }
             if let e = p.evals.last { o["eval_nll"] = e.nll }
             printOut((try? jsonText(o)) ?? "{}")
