@@ -1,9 +1,15 @@
 #define _GNU_SOURCE
 #include "cmpi.h"
 #include <dlfcn.h>
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 // Types only: mpi.h (Debian: /usr/include/<triplet>/mpi → openmpi/include) gives the prototypes
 // the function pointers below are checked against; nothing from it is linked.
@@ -39,6 +45,73 @@ int ila_mpi_launched(void) {
     static const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE", NULL};
     for (int i = 0; vars[i]; i++) if (getenv(vars[i])) return 1;
     return 0;
+}
+
+static volatile pid_t supervised_worker;
+static volatile sig_atomic_t forwarded_signal;
+
+static void forward_signal(int sig) {
+    forwarded_signal = sig;
+    if (supervised_worker > 0) kill(supervised_worker, sig);
+}
+
+// The cores of one rank: this host's cores shared by its ranks, or fewer if the binding says so
+// (the engine's threadsPerProcess, for OpenMP, which sizes its team when it loads).
+static int rank_threads(void) {
+    cpu_set_t set;
+    int active = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    long total = sysconf(_SC_NPROCESSORS_ONLN);
+    const char *l = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    if (!l) l = getenv("MPI_LOCALNRANKS");
+    int local = l ? atoi(l) : 1;
+    if (local <= 1) return active > 0 ? active : 1;
+    long share = total / local;
+    int n = (int)(share < active ? share : active);
+    return n > 0 ? n : 1;
+}
+
+void ila_supervise_rank(int argc, char **argv) {
+    (void)argc;
+    if (!ila_mpi_launched() || getenv("ILA_RANK_WORKER")) return;
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) return;  // cannot fork: the rank runs unsupervised
+    if (pid == 0) {
+        // The worker: it dies with its supervisor (mpirun's SIGKILL goes to the supervisor).
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(1);
+        setenv("ILA_RANK_WORKER", "1", 1);
+        // Started anew, so that OpenMP (oneDNN's threads) sizes its team for this rank's cores.
+        char threads[16];
+        snprintf(threads, sizeof threads, "%d", rank_threads());
+        setenv("OMP_NUM_THREADS", threads, 0);
+        execv("/proc/self/exe", argv);
+        return;  // exec failed: go on in this process
+    }
+    supervised_worker = pid;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = forward_signal;
+    sigemptyset(&sa.sa_mask);
+    static const int passed_on[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM};
+    for (size_t i = 0; i < sizeof passed_on / sizeof passed_on[0]; i++) sigaction(passed_on[i], &sa, NULL);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) _exit(1);
+    }
+    if (WIFEXITED(status)) _exit(WEXITSTATUS(status));
+    int sig = WIFSIGNALED(status) ? WTERMSIG(status) : SIGKILL;
+    if (forwarded_signal) _exit(128 + sig);  // it ended on the signal the job was given
+    const char *rank = getenv("OMPI_COMM_WORLD_RANK");
+    if (!rank) rank = getenv("PMIX_RANK");
+    if (!rank) rank = getenv("PMI_RANK");
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
+    char line[512];
+    int n = snprintf(line, sizeof line, "error: rank %s (pid %d on %s) was killed by signal %d (%s); the job ends and writes nothing\n",
+                     rank ? rank : "?", (int)pid, host, sig, strsignal(sig));
+    if (n > 0) { ssize_t w = write(2, line, (size_t)(n < (int)sizeof line ? n : (int)sizeof line - 1)); (void)w; }
+    _exit(1);
 }
 
 #define SYM(var, name) do { *(void **)&(var) = dlsym(lib, name); \

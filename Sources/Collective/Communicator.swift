@@ -124,6 +124,11 @@ public enum Collective {
     /// Whether an MPI launcher started this process (the environment says so).
     public static var launched: Bool { ila_mpi_launched() != 0 }
 
+    /// Under a launcher, leaves a small supervisor process between mpirun and the rank's work
+    /// (`ila_supervise_rank`): a rank killed by a signal ends the job with exit 1 and one line
+    /// naming it. Call first thing in main; without a launcher it does nothing.
+    public static func superviseRank() { ila_supervise_rank(CommandLine.argc, CommandLine.unsafeArgv) }
+
     private static let worldResult: Result<Communicator, CollectiveError> = {
         guard launched else { return .success(SingleProcess.shared) }
         do { return .success(try MPICommunicator()) } catch let e as CollectiveError { return .failure(e) } catch {

@@ -7,6 +7,7 @@ import ILAMask
 import ILAModel
 import ILAEngine
 import ILARanking
+import ILACollective
 
 @main
 struct ILAMaskCommand: ParsableCommand {
@@ -16,5 +17,8 @@ struct ILAMaskCommand: ParsableCommand {
         subcommands: [LearnCommand.self, EvalCommand.self, CompareCommand.self, ExportCommand.self, BenchCommand.self,
                       TokenizeCommand.self, ScoreCommand.self, SelectReportCommand.self])
 
-    static func main() { mainWithDesignExitCodes() }
+    static func main() {
+        Collective.superviseRank()
+        mainWithDesignExitCodes()
+    }
 }

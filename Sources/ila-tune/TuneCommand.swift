@@ -493,5 +493,8 @@ struct TuneCommand: ParsableCommand {
         printOut(text + "\nwrote \(outputPath)")
     }
 
-    static func main() { mainWithDesignExitCodes(cleanUpOnInterrupt: false) }
+    static func main() {
+        Collective.superviseRank()
+        mainWithDesignExitCodes(cleanUpOnInterrupt: false)
+    }
 }

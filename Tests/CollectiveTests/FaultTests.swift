@@ -3,9 +3,9 @@ import ILARanking
 import ILATestSupport
 import XCTest
 
-/// A rank killed mid-run ends the whole job within seconds with no ranking written; the state
-/// saved every --save-every steps resumes with another number of ranks (here 2 → 1) to the
-/// single-process result.
+/// A rank killed mid-run ends the whole job within seconds, exit 1, one line naming it, no ranking
+/// written; the state saved every --save-every steps resumes with another number of ranks (here
+/// 2 → 1) to the single-process result.
 final class FaultTests: XCTestCase {
     func testKilledRankEndsJobAndResumeWithOtherRankCountFinishes() throws {
         let tmp = TempDir("ila-mpi-fault")
@@ -19,21 +19,27 @@ final class FaultTests: XCTestCase {
         XCTAssertEqual(ref.status, 0, ref.stderr)
 
         let out = tmp.path("ranking.json"), state = tmp.path("ranking.state.json")
-        let job = try MPI.start(np: 2, "ila-mask", args(out))
+        // -q: mpirun's own banners off, so that the rank's line is the job's only output.
+        let job = try MPI.start(np: 2, "ila-mask", args(out), mpirunOptions: ["-q"])
         let mpirunPID = job.0.processIdentifier
         // Wait for the first saved state (step 10), then kill rank 1.
         var waited = 0.0
         while !FileManager.default.fileExists(atPath: state) && job.0.isRunning && waited < 120 {
             usleep(20_000); waited += 0.02
         }
-        let victim = try XCTUnwrap(MPI.rankPID(under: mpirunPID, rank: 1), "rank 1 not found under mpirun \(mpirunPID)")
+        // mpirun started rank 1's supervisor; the process doing the work is its child (what the
+        // OOM killer or a crash would end).
+        let supervisor = try XCTUnwrap(MPI.rankPID(under: mpirunPID, rank: 1), "rank 1 not found under mpirun \(mpirunPID)")
+        let victim = try XCTUnwrap(MPI.rankPID(under: supervisor, rank: 1), "rank 1's worker not found under \(supervisor)")
         let killedAt = Date()
         kill(victim, SIGKILL)
         let r = CommandRunner.finish(job)
         let elapsed = Date().timeIntervalSince(killedAt)
         XCTAssertLessThan(elapsed, 10, "the job took \(elapsed) s to end after rank 1 was killed")
-        XCTAssertNotEqual(r.status, 0, "the job reported success after a rank was killed")
-        XCTAssertTrue(r.stderr.contains("rank 1"), "nothing names the dead rank:\n\(r.stderr)")
+        XCTAssertEqual(r.status, 1, "exit status after a rank was killed:\n\(r.stderr)")
+        XCTAssertEqual(r.errorLines.count, 1, r.stderr)
+        XCTAssertTrue(r.errorLines.first?.contains("rank 1") ?? false, "the line does not name the dead rank:\n\(r.stderr)")
+        XCTAssertEqual(r.stdout, "")
         XCTAssertFalse(FileManager.default.fileExists(atPath: out), "a ranking was written by a broken job")
         XCTAssertFalse(FileManager.default.fileExists(atPath: tmp.path("ranking.h5")), "a trajectory was written by a broken job")
         XCTAssertEqual(tmp.contents().filter { $0.hasPrefix("ranking.json.") || $0.hasPrefix("ranking.h5.") }, [], "partial files remain")

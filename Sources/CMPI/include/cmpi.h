@@ -13,6 +13,15 @@
 /// launcher such as srun) started this process, else 0.
 int ila_mpi_launched(void);
 
+/// Under a launcher (and not already a worker), forks: the child does the rank's work;
+/// the parent stays a small supervisor that passes the job's signals on, exits with the child's
+/// status, and when the child is killed by a signal it did not pass on (SIGKILL, the OOM killer, a
+/// crash) prints one line naming the rank and exits 1, so mpirun reports exit status 1. Call it
+/// first thing in main, before any thread starts.
+/// The worker is this program started anew (argv) with ILA_RANK_WORKER=1 and, unless set,
+/// OMP_NUM_THREADS = this rank's cores (OpenMP reads it once, when it loads).
+void ila_supervise_rank(int argc, char **argv);
+
 /// Loads libmpi and calls MPI_Init_thread (funneled). On failure writes a message into err.
 int ila_mpi_init(char *err, int err_size);
 
