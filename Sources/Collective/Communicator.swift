@@ -26,6 +26,9 @@ public protocol Communicator: AnyObject, Sendable {
     var pipelineStages: Int { get }
     /// Payload bytes this rank has given to collectives and sent to its pipeline neighbours.
     var traffic: (collective: Int, pointToPoint: Int) { get }
+    /// Seconds this rank spent inside collectives and waiting for its neighbours' messages
+    /// (transfer plus waiting for slower ranks: what is not compute).
+    var waiting: (collective: Double, receive: Double) { get }
 }
 
 extension Communicator {
@@ -156,6 +159,7 @@ public final class SingleProcess: Communicator {
     public func barrier() throws {}
     public var pipelineStages: Int { 1 }
     public var traffic: (collective: Int, pointToPoint: Int) { (0, 0) }
+    public var waiting: (collective: Double, receive: Double) { (0, 0) }
     public func send(_ values: UnsafeBufferPointer<Float>, to: Int, tag: Int) throws -> PendingSend {
         throw CollectiveError("a single process has no rank \(to) to send to")
     }
@@ -189,25 +193,29 @@ public final class MPICommunicator: Communicator {
     public func allreduceSum(_ values: inout [Double]) throws {
         bytesReduced += values.count * 8
         let n = Int64(values.count)
-        try check(values.withUnsafeMutableBufferPointer { ila_mpi_allreduce_sum_double($0.baseAddress, n) }, "MPI_Allreduce")
+        try check(timed(&collectiveSeconds) { values.withUnsafeMutableBufferPointer { ila_mpi_allreduce_sum_double($0.baseAddress, n) } },
+                  "MPI_Allreduce")
     }
 
     public func allreduceSum(_ values: inout [Float]) throws {
         bytesReduced += values.count * 4
         let n = Int64(values.count)
-        try check(values.withUnsafeMutableBufferPointer { ila_mpi_allreduce_sum_float($0.baseAddress, n) }, "MPI_Allreduce")
+        try check(timed(&collectiveSeconds) { values.withUnsafeMutableBufferPointer { ila_mpi_allreduce_sum_float($0.baseAddress, n) } },
+                  "MPI_Allreduce")
     }
 
     public func allreduceMax(_ values: inout [Int64]) throws {
         bytesReduced += values.count * 8
         let n = Int64(values.count)
-        try check(values.withUnsafeMutableBufferPointer { ila_mpi_allreduce_max_int64($0.baseAddress, n) }, "MPI_Allreduce")
+        try check(timed(&collectiveSeconds) { values.withUnsafeMutableBufferPointer { ila_mpi_allreduce_max_int64($0.baseAddress, n) } },
+                  "MPI_Allreduce")
     }
 
     public func broadcast(_ bytes: inout [UInt8], root: Int) throws {
         bytesReduced += bytes.count
         let n = Int64(bytes.count)
-        try check(bytes.withUnsafeMutableBufferPointer { ila_mpi_bcast_bytes($0.baseAddress, n, Int32(root)) }, "MPI_Bcast")
+        try check(timed(&collectiveSeconds) { bytes.withUnsafeMutableBufferPointer { ila_mpi_bcast_bytes($0.baseAddress, n, Int32(root)) } },
+                  "MPI_Bcast")
     }
 
     public func barrier() throws { try check(ila_mpi_barrier(), "MPI_Barrier") }
@@ -216,6 +224,16 @@ public final class MPICommunicator: Communicator {
     /// Bytes this process sent to its pipeline neighbours.
     nonisolated(unsafe) public private(set) var bytesSent: Int = 0
     public var traffic: (collective: Int, pointToPoint: Int) { (bytesReduced, bytesSent) }
+    nonisolated(unsafe) private var collectiveSeconds = 0.0, receiveSeconds = 0.0
+    public var waiting: (collective: Double, receive: Double) { (collectiveSeconds, receiveSeconds) }
+
+    /// Runs an MPI call, adding its duration to `seconds`.
+    private func timed(_ seconds: inout Double, _ body: () -> Int32) -> Int32 {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        let rc = body()
+        seconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        return rc
+    }
 
     /// Makes consecutive groups of `stages` ranks pipelines (the job's size must be a multiple).
     public func configurePipeline(stages: Int) throws {
@@ -234,7 +252,8 @@ public final class MPICommunicator: Communicator {
     }
 
     public func receive(into: UnsafeMutableBufferPointer<Float>, from: Int, tag: Int) throws {
-        try check(ila_mpi_recv_float(into.baseAddress, Int64(into.count), Int32(from), Int32(tag)), "MPI_Recv from rank \(from)")
+        try check(timed(&receiveSeconds) { ila_mpi_recv_float(into.baseAddress, Int64(into.count), Int32(from), Int32(tag)) },
+                  "MPI_Recv from rank \(from)")
     }
 
     /// Ends every rank of the job (MPI_Abort).

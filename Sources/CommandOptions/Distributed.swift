@@ -94,11 +94,16 @@ public struct RankMemory {
     public var weights: [Int]
     public var collectiveBytes: [Int]
     public var pipelineBytes: [Int]
+    /// Milliseconds in collectives and waiting for pipeline messages.
+    public var collectiveMilliseconds: [Int]
+    public var receiveMilliseconds: [Int]
     public var stages: Int
     /// Gathers them from every rank (every rank must call it).
     public init(_ engine: TransformerEngine, _ comm: Communicator) throws {
-        let traffic = comm.traffic
+        let traffic = comm.traffic, waiting = comm.waiting
         stages = comm.pipelineStages
+        collectiveMilliseconds = try gatherPerRank(Int(waiting.collective * 1000), comm)
+        receiveMilliseconds = try gatherPerRank(Int(waiting.receive * 1000), comm)
         collectiveBytes = try gatherPerRank(traffic.collective, comm)
         pipelineBytes = try gatherPerRank(traffic.pointToPoint, comm)
         peakResident = try gatherPerRank(MemoryPlan.peakResidentBytes(), comm)
@@ -108,7 +113,8 @@ public struct RankMemory {
     public var mpiReport: [String: Any]? {
         guard peakResident.count > 1 else { return nil }
         return ["ranks": peakResident.count, "pipeline_stages": stages, "collective_bytes_per_rank": collectiveBytes,
-                "pipeline_bytes_per_rank": pipelineBytes]
+                "pipeline_bytes_per_rank": pipelineBytes, "collective_ms_per_rank": collectiveMilliseconds,
+                "receive_wait_ms_per_rank": receiveMilliseconds]
     }
     /// The figures a report adds: per rank only when there are several.
     public var report: [String: Any] {
