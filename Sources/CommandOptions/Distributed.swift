@@ -89,7 +89,7 @@ public func gatherPerRank(_ value: Int, _ comm: Communicator) throws -> [Int] {
 
 /// Per-rank figures of a job (`--json`): peak resident bytes, weight bytes held, and the payload
 /// bytes each rank gave to collectives and sent to its pipeline neighbours.
-public struct RankMemory {
+public struct RankFigures {
     public var peakResident: [Int]
     public var weights: [Int]
     public var collectiveBytes: [Int]

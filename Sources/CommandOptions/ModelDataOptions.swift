@@ -132,7 +132,7 @@ public func stagePart(_ link: PipelineLink?, base: String) -> ((TransformerSpec)
         guard link.stages <= spec.blocks else {
             throw ILAError(file: base, "has \(spec.blocks) blocks, fewer than the \(link.stages) pipeline stages of --pipeline \(link.stages)")
         }
-        return link.part(spec)
+        return link.part(of: spec)
     }
 }
 
@@ -178,7 +178,7 @@ extension MemoryPlan {
 }
 
 /// `--json`'s memory report: what the plan said for the micro-batches that ran, and the peak.
-public func memoryReport(_ plan: MemoryPlan, _ engine: TransformerEngine, ranks: RankMemory? = nil) -> [String: Any] {
+public func memoryReport(_ plan: MemoryPlan, _ engine: TransformerEngine, ranks: RankFigures? = nil) -> [String: Any] {
     var o: [String: Any] = ["planned_bytes": plan.total(tokens: engine.largestMicroBatch), "peak_rss_bytes": MemoryPlan.peakResidentBytes(),
                             "recompute": plan.recompute ? 1 : 0]
     for (k, v) in ranks?.report ?? [:] { o[k] = v }

@@ -28,9 +28,7 @@ public final class PipelineLink {
     }
 
     /// The part of `spec` this stage runs.
-    public var part: (TransformerSpec) -> ModelPart {
-        { [stage, stages] spec in ModelPart.stage(stage, of: stages, blocks: spec.blocks) }
-    }
+    public func part(of spec: TransformerSpec) -> ModelPart { ModelPart.stage(stage, of: stages, blocks: spec.blocks) }
 
     var previous: Int { comm.rank - 1 }
     var next: Int { comm.rank + 1 }

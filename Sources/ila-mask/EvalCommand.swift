@@ -68,7 +68,7 @@ struct EvalCommand: ParsableCommand {
             }
             let r = try evaluateWithProgress(engine, rows: rows, gamma: mask, label: "eval", comm: comm)
             guard r.tokens > 0 else { throw ILAError(file: model.data, "no response tokens to score (all labels are -100)") }
-            let ranks = try RankMemory(engine, comm)
+            let ranks = try RankFigures(engine, comm)
             if json {
                 var o: [String: Any] = ["mean_nll": r.meanNLL, "tokens": r.tokens, "rows": r.rows,
                                         "memory": memoryReport(plan, engine, ranks: ranks), "gemm": engine.gemmOptions.summary]

@@ -189,7 +189,7 @@ struct LearnCommand: ParsableCommand {
                                        objective: objective,
                                        history: state.history.map { Ranking.HistoryEntry(step: $0.step, nll: $0.nll, meanGamma: $0.meanGamma, j: $0.j) })
             ranking.eval = evalReport
-            let ranks = try RankMemory(engine, comm)
+            let ranks = try RankFigures(engine, comm)
             guard comm.isRoot else { return }
             try writeFloatMatrixHDF5(path: trajectoryPath, dataset: "scores",
                                      values: state.trajectory.flatMap { $0.map(Float.init) },

@@ -386,7 +386,7 @@ struct TuneCommand: ParsableCommand {
             progressBar.finish()
             loopSeconds = Date().timeIntervalSince(loopStart)
             if tuner.progress.evals.last?.step != tuner.progress.step { try evaluateHeldOut() }
-            let ranks = try RankMemory(engine, comm)
+            let ranks = try RankFigures(engine, comm)
             if comm.isRoot {
                 try write(outputPath, tuner: tuner, selected: selected, spec: spec, seconds: Date().timeIntervalSince(started))
                 unlink(statePath)
@@ -471,7 +471,7 @@ struct TuneCommand: ParsableCommand {
         return try JSONSerialization.data(withJSONObject: log, options: [.prettyPrinted, .sortedKeys])
     }
 
-    func report(_ tuner: Tuner, seconds: Double, loopSeconds: Double, ranks: RankMemory) {
+    func report(_ tuner: Tuner, seconds: Double, loopSeconds: Double, ranks: RankFigures) {
         let p = tuner.progress
         let tokens = p.log.map(\.tokens).reduce(0, +)
         if json {

@@ -42,14 +42,7 @@ final class DataParallelTests: XCTestCase {
             // Rank 0 alone prints: stdout is one JSON document.
             XCTAssertNotNil(try? JSONSerialization.jsonObject(with: Data(b.stdout.utf8)) as? [String: Any], b.stdout)
             XCTAssertEqual(b.stderr, "", "ranks printed to stderr")
-            let r1 = try Ranking.load(path: one), r2 = try Ranking.load(path: two)
-            XCTAssertEqual(r1.layers.map(\.name), r2.layers.map(\.name))
-            XCTAssertEqual(r1.layers.map(\.rank), r2.layers.map(\.rank), "rankings differ")
-            for (x, y) in zip(r1.layers, r2.layers) { XCTAssertEqual(x.score, y.score, accuracy: 1e-5, x.name) }
-            let h1 = r1.history ?? [], h2 = r2.history ?? []
-            XCTAssertEqual(h1.count, steps)
-            XCTAssertEqual(h1.count, h2.count)
-            for (x, y) in zip(h1, h2) { XCTAssertEqual(x.nll, y.nll, accuracy: 1e-6 * max(1, abs(x.nll)), "step \(x.step)") }
+            try assertSameRanking(one, two, steps: steps, "batch \(batch)")
             let s1 = try HDF5File.openReadOnly(path: String(one.dropLast(5)) + ".h5").root().openDataset("scores").readFloats()
             let s2 = try HDF5File.openReadOnly(path: String(two.dropLast(5)) + ".h5").root().openDataset("scores").readFloats()
             XCTAssertEqual(s1.count, s2.count)

@@ -63,14 +63,7 @@ final class HostsTests: XCTestCase {
         XCTAssertNotNil(try? JSONSerialization.jsonObject(with: Data(b.stdout.utf8)) as? [String: Any], b.stdout)
 
         // The same ranking as the single process.
-        let r1 = try Ranking.load(path: one), r2 = try Ranking.load(path: two)
-        XCTAssertEqual(r1.layers.map(\.name), r2.layers.map(\.name))
-        XCTAssertEqual(r1.layers.map(\.rank), r2.layers.map(\.rank), "rankings differ")
-        for (x, y) in zip(r1.layers, r2.layers) { XCTAssertEqual(x.score, y.score, accuracy: 1e-5, x.name) }
-        let h1 = r1.history ?? [], h2 = r2.history ?? []
-        XCTAssertEqual(h1.count, steps)
-        XCTAssertEqual(h1.count, h2.count)
-        for (x, y) in zip(h1, h2) { XCTAssertEqual(x.nll, y.nll, accuracy: 1e-6 * max(1, abs(x.nll)), "step \(x.step)") }
+        try assertSameRanking(one, two, steps: steps, "two hosts")
 
         // Rank r ran in namespace r (not the test's), one rank per host as Open MPI saw it.
         let testNet = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/net")
@@ -100,7 +93,8 @@ final class HostsTests: XCTestCase {
         }
         // Each step's allreduce of (Σ NLL, tokens, rows, dΣNLL/dγ per layer) as doubles must cross the
         // link both ways in full, so each direction carried at least that much (launch traffic adds more).
-        let payload = UInt64(steps * (3 + r1.layers.count) * MemoryLayout<Double>.size)
+        let layers = try Ranking.load(path: one).layers.count
+        let payload = UInt64(steps * (3 + layers) * MemoryLayout<Double>.size)
         XCTAssertGreaterThanOrEqual(after.tx - before.tx, payload, "veth sent \(after.tx - before.tx) bytes")
         XCTAssertGreaterThanOrEqual(after.rx - before.rx, payload, "veth received \(after.rx - before.rx) bytes")
     }

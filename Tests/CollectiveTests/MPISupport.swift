@@ -1,4 +1,5 @@
 import Foundation
+import ILARanking
 import ILATestSupport
 import XCTest
 
@@ -61,4 +62,22 @@ func tinyDeltas(_ dir: TempDir) throws -> (base: String, deltas: String, train: 
     let d = try CommandRunner.run("ila-diff", ["\(tiny)/base-A", "\(tiny)/lora-pyapi", "-o", deltas])
     XCTAssertEqual(d.status, 0, d.stderr)
     return ("\(tiny)/base-A", deltas, "\(data)/pyapi.train.jsonl", "\(data)/pyapi.eval.jsonl")
+}
+
+/// Two rankings.json from the same objective: the same layers in the same order, scores within
+/// 1e-5, and (when `steps` is given, that many) every step's batch NLL within 1e-6 relative.
+func assertSameRanking(_ a: String, _ b: String, steps: Int? = nil, _ what: String = "",
+                       file: StaticString = #filePath, line: UInt = #line) throws {
+    let r1 = try Ranking.load(path: a), r2 = try Ranking.load(path: b)
+    XCTAssertEqual(r1.layers.map(\.name), r2.layers.map(\.name), what, file: file, line: line)
+    XCTAssertEqual(r1.layers.map(\.rank), r2.layers.map(\.rank), "\(what): rankings differ", file: file, line: line)
+    for (x, y) in zip(r1.layers, r2.layers) {
+        XCTAssertEqual(x.score, y.score, accuracy: 1e-5, "\(what): \(x.name)", file: file, line: line)
+    }
+    let h1 = r1.history ?? [], h2 = r2.history ?? []
+    if let steps { XCTAssertEqual(h1.count, steps, what, file: file, line: line) }
+    XCTAssertEqual(h1.count, h2.count, what, file: file, line: line)
+    for (x, y) in zip(h1, h2) {
+        XCTAssertEqual(x.nll, y.nll, accuracy: 1e-6 * max(1, abs(x.nll)), "\(what): step \(x.step)", file: file, line: line)
+    }
 }

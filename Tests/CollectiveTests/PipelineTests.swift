@@ -15,20 +15,6 @@ final class PipelineTests: XCTestCase {
                       "stdout is not one JSON document: \(r.stdout)\n\(r.stderr)", file: file, line: line)
     }
 
-    func assertSameRanking(_ a: String, _ b: String, _ what: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        let r1 = try Ranking.load(path: a), r2 = try Ranking.load(path: b)
-        XCTAssertEqual(r1.layers.map(\.name), r2.layers.map(\.name), what, file: file, line: line)
-        XCTAssertEqual(r1.layers.map(\.rank), r2.layers.map(\.rank), "\(what): rankings differ", file: file, line: line)
-        for (x, y) in zip(r1.layers, r2.layers) {
-            XCTAssertEqual(x.score, y.score, accuracy: 1e-5, "\(what): \(x.name)", file: file, line: line)
-        }
-        let h1 = r1.history ?? [], h2 = r2.history ?? []
-        XCTAssertEqual(h1.count, h2.count, what, file: file, line: line)
-        for (x, y) in zip(h1, h2) {
-            XCTAssertEqual(x.nll, y.nll, accuracy: 1e-6 * max(1, abs(x.nll)), "\(what): step \(x.step)", file: file, line: line)
-        }
-    }
-
     /// Gemma 3's fixture (3 blocks: sliding-window and global attention, sandwich and q/k norms,
     /// tied lm_head) over P = 2 and P = 3, with a token budget that cuts each step into one-row
     /// micro-batches over several rounds, with and without --recompute; the tiny test bed over
