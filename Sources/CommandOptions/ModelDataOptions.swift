@@ -189,7 +189,8 @@ public func memoryReport(_ plan: MemoryPlan, _ engine: TransformerEngine, ranks:
 /// each runs its contiguous share of the rows (DataParallel.localRows) and the sums are added.
 public func evaluateWithProgress(_ engine: TransformerEngine, rows allRows: [TokenizedRow], gamma: [Float], label: String,
                                  comm: Communicator = SingleProcess.shared) throws -> EngineResult {
-    let chunk = 16
+    // A pipeline fills and drains once a call: longer calls for more stages.
+    let chunk = 16 * comm.pipelineStages
     let rows = Array(DataParallel.localRows(allRows, comm))
     let progress = ProgressBar(total: rows.count, label: label)
     var total = EngineResult(nllSum: 0, tokens: 0, rows: 0, dNllSumDGamma: [])

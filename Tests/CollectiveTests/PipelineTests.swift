@@ -152,6 +152,16 @@ final class PipelineTests: XCTestCase {
             XCTAssertLessThan(Double(rss), 0.7 * Double(single), "peak RSS per stage \(stageRSS), single process \(single)")
         }
         XCTAssertGreaterThan(single, weights, "the single process holds the whole model")
+
+        // A per-process budget the whole model does not fit, but each stage does.
+        let budget = ["--max-memory", "300M"]
+        let refused = try CommandRunner.run("ila-mask", args + budget)
+        XCTAssertEqual(refused.status, 1, refused.stderr)
+        XCTAssertEqual(refused.errorLines.count, 1, refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("needs") && refused.stderr.contains("available (--max-memory)"), refused.stderr)
+        let fits = try MPI.run(np: 2, "ila-mask", args + budget + ["--pipeline", "2"])
+        XCTAssertEqual(fits.status, 0, fits.stderr)
+        XCTAssertEqual(try json(fits)["mean_nll"] as? Double ?? 0, one["mean_nll"] as? Double ?? 1, accuracy: 1e-6)
     }
 
     /// What a pipeline refuses, in one line each, exit 1, nothing written.
