@@ -28,7 +28,7 @@ public final class PipelineLink {
     }
 
     /// The part of `spec` this stage runs.
-    public func part(of spec: TransformerSpec) -> ModelPart { ModelPart.stage(stage, of: stages, blocks: spec.blocks) }
+    public func part(of spec: TransformerSpec) -> ModelPart { ModelPart.stage(stage, of: stages, spec: spec) }
 
     var previous: Int { comm.rank - 1 }
     var next: Int { comm.rank + 1 }
