@@ -138,3 +138,12 @@ public func agreeOnTokenBudget(_ budget: Int, _ comm: Communicator) throws -> In
     try comm.allreduceMax(&v)
     return Int(-v[0])
 }
+
+/// Makes `engine` its rank's pipeline stage (nothing without a link): the stages agree on the
+/// token budget and on recomputation (which changes no result, only memory).
+public func attach(_ engine: TransformerEngine, to link: PipelineLink?, _ comm: Communicator) throws {
+    guard let link else { return }
+    engine.pipeline = link
+    engine.tokenBudget = try agreeOnTokenBudget(engine.tokenBudget, comm)
+    engine.recompute = try comm.any(engine.recompute)
+}

@@ -116,12 +116,7 @@ public func loadModelEngine(base: String, deltas: String?, seqLen: Int, maxMemor
         try loadModelEngineHere(base: base, deltas: deltas, seqLen: seqLen, maxMemory: maxMemory, recompute: recompute,
                                 gemm: gemmOptions, requireDeltas: requireDeltas, gradient: gradient, pipeline: link)
     }
-    if let link {
-        engine.pipeline = link
-        engine.tokenBudget = try agreeOnTokenBudget(engine.tokenBudget, comm)
-        // Recomputation is the stages' common choice too (it changes no result, only memory).
-        engine.recompute = try comm.any(engine.recompute)
-    }
+    try attach(engine, to: link, comm)
     return (model, engine, store, plan)
 }
 

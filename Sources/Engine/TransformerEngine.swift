@@ -348,16 +348,10 @@ public final class TransformerEngine: @unchecked Sendable {
         if let pipeline { return try runPipelined(rows: rows, gradient: gradient, pipeline) }
         var result = EngineResult(nllSum: 0, tokens: 0, rows: rows.count,
                                   dNllSumDGamma: gradient ? [Double](repeating: 0, count: gamma.count) : [])
-        // Micro-batches of whole rows within the token budget.
-        var start = 0
         var acts: Activations?
-        while start < rows.count {
-            var end = start, tokens = 0
-            while end < rows.count && (end == start || tokens + rows[end].ids.count <= tokenBudget) {
-                tokens += rows[end].ids.count
-                end += 1
-            }
-            let batch = Array(rows[start..<end])
+        for range in Self.microBatches(rows, tokens: tokenBudget) {
+            let batch = Array(rows[range])
+            let tokens = batch.map(\.ids.count).reduce(0, +)
             largestMicroBatch = max(largestMicroBatch, tokens)
             if acts == nil || acts!.capacity < tokens {
                 acts = Activations(spec: spec, capacity: max(tokens, min(tokenBudget, rows.map(\.ids.count).reduce(0, +))),
@@ -368,7 +362,6 @@ public final class TransformerEngine: @unchecked Sendable {
             result.nllSum += r.nllSum
             result.tokens += r.tokens
             if gradient { for i in 0..<gamma.count { result.dNllSumDGamma[i] += r.dNllSumDGamma[i] } }
-            start = end
         }
         return result
     }
@@ -380,18 +373,8 @@ public final class TransformerEngine: @unchecked Sendable {
     /// activations fit the token budget. The last stage reports Σ NLL, tokens and rows (the others
     /// 0); each stage reports dγ of its own layers: the job's allreduce adds them up.
     private func runPipelined(rows: [TokenizedRow], gradient: Bool, _ link: PipelineLink) throws -> EngineResult {
-        let P = link.stages, perMicroBatch = max(1, tokenBudget / (2 * P))
-        var batches: [RowLayout] = []
-        var start = 0
-        while start < rows.count {
-            var end = start, tokens = 0
-            while end < rows.count && (end == start || tokens + rows[end].ids.count <= perMicroBatch) {
-                tokens += rows[end].ids.count
-                end += 1
-            }
-            batches.append(RowLayout(Array(rows[start..<end])))
-            start = end
-        }
+        let P = link.stages
+        let batches = Self.microBatches(rows, tokens: max(1, tokenBudget / (2 * P))).map { RowLayout(Array(rows[$0])) }
         var result = EngineResult(nllSum: 0, tokens: 0, rows: 0, dNllSumDGamma: gradient ? [Double](repeating: 0, count: updates.count) : [])
         func add(_ r: EngineResult) { result.nllSum += r.nllSum; result.tokens += r.tokens; result.rows += r.rows }
         let largest = batches.map(\.T).max() ?? 0
@@ -422,6 +405,22 @@ public final class TransformerEngine: @unchecked Sendable {
         }
         try link.finish()
         return result
+    }
+
+    /// Consecutive runs of whole rows of at most `tokens` tokens each (a longer row alone).
+    static func microBatches(_ rows: [TokenizedRow], tokens budget: Int) -> [Range<Int>] {
+        var out: [Range<Int>] = []
+        var start = 0
+        while start < rows.count {
+            var end = start, tokens = 0
+            while end < rows.count && (end == start || tokens + rows[end].ids.count <= budget) {
+                tokens += rows[end].ids.count
+                end += 1
+            }
+            out.append(start..<end)
+            start = end
+        }
+        return out
     }
 
     private var loraRanks: [Int: Int] {

@@ -255,7 +255,7 @@ struct TuneCommand: ParsableCommand {
                     planned = plan
                 }
             }
-            tokenBudget = try agreeOnTokenBudget(pipelineOptions.tokens(planned: tokenBudget), comm)
+            tokenBudget = pipelineOptions.tokens(planned: tokenBudget)
             let spec = model.spec
 
             // LoRA tensors: PEFT's default initialisation, or an adapter's factors.
@@ -315,10 +315,7 @@ struct TuneCommand: ParsableCommand {
             let engine = try TransformerEngine(weights: model.weights, training: params, maxSequenceLength: seqLen,
                                                tokenBudget: tokenBudget, gemm: GEMMOptions(backend: gemm, precision: precision))
             engine.recompute = planned?.recompute ?? recompute
-            if let link {
-                engine.pipeline = link
-                engine.recompute = try comm.any(engine.recompute)
-            }
+            try attach(engine, to: link, comm)
             let layerNames = selected.map(\.name)
             let fingerprint = [base, data, format.description, precision.rawValue, "\(rows.count)", "\(limit ?? 0)",
                                initAdapter ?? "", eval ?? "", "\(evalLimit ?? 0)", "\(evalEvery)", untilStable.map { "\($0)/\(window)" } ?? "",
