@@ -15,8 +15,6 @@ public final class PipelineLink {
     /// Sends in flight (each owns its copy); at most `window` of them.
     private var pending: [PendingSend] = []
     private let window = 4
-    /// Bytes sent to the neighbours so far.
-    public private(set) var bytesSent = 0
 
     static let activationTag = 11
     static let gradientTag = 12
@@ -37,7 +35,6 @@ public final class PipelineLink {
         progress()
         while pending.count >= window { try pending.removeFirst().wait() }
         pending.append(try comm.send(UnsafeBufferPointer(start: values, count: count), to: rank, tag: tag))
-        bytesSent += 4 * count
     }
 
     func receive(_ values: UnsafeMutablePointer<Float>, count: Int, from rank: Int, tag: Int) throws {

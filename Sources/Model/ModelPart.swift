@@ -58,8 +58,6 @@ public struct ModelPart: Sendable, Equatable, CustomStringConvertible {
         return best
     }
 
-    public func isWhole(_ spec: TransformerSpec) -> Bool { self == .whole(spec) }
-
     /// Whether this part loads the checkpoint tensor `name`.
     public func holds(tensor name: String, spec: TransformerSpec) -> Bool {
         let n = spec.names
